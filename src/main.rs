@@ -1,0 +1,3 @@
+fn main() {
+    println!("atorrent {}", env!("CARGO_PKG_VERSION"));
+}
