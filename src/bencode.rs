@@ -471,7 +471,10 @@ mod tests {
     #[test]
     fn raw_dict_value_returns_exact_bytes() {
         let doc = b"d8:announce3:url4:infod4:name1:xe1:zi1ee";
-        assert_eq!(raw_dict_value(doc, b"info").unwrap(), Some(&b"d4:name1:xe"[..]));
+        assert_eq!(
+            raw_dict_value(doc, b"info").unwrap(),
+            Some(&b"d4:name1:xe"[..])
+        );
         assert_eq!(raw_dict_value(doc, b"nope").unwrap(), None);
         assert!(raw_dict_value(b"d4:infod", b"info").is_err());
         assert!(raw_dict_value(b"le", b"info").is_err());
@@ -482,7 +485,10 @@ mod tests {
         let v = decode(b"d1:ai7e1:b2:hi1:lli1eee").unwrap();
         assert_eq!(v.get(b"a").and_then(Value::as_int), Some(7));
         assert_eq!(v.get(b"b").and_then(Value::as_str), Some("hi"));
-        assert_eq!(v.get(b"l").and_then(Value::as_list).map(|l| l.len()), Some(1));
+        assert_eq!(
+            v.get(b"l").and_then(Value::as_list).map(|l| l.len()),
+            Some(1)
+        );
         assert!(v.get(b"zz").is_none());
     }
 

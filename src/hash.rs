@@ -41,7 +41,10 @@ mod tests {
 
     #[test]
     fn sha1_known_vector() {
-        assert_eq!(hex(&sha1(b"abc")), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(
+            hex(&sha1(b"abc")),
+            "a9993e364706816aba3e25717850c26c9cd0d89d"
+        );
         let mut h = Sha1::new();
         h.update(b"a");
         h.update(b"bc");
