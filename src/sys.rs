@@ -1,1 +1,280 @@
-//! (stub: being written)
+//! Layer 3 (I/O shell): every `unsafe` block and raw libc call in the crate lives here.
+//!
+//! Small, safe wrappers over Linux facilities that std does not expose: page-aligned buffers
+//! for `O_DIRECT`, opening with `O_DIRECT`, the kernel RNG, file-system limits (`statfs`), the
+//! monotonic clock (only `engine.rs` may call `monotonic_ms`), the open-file limit and peak RSS.
+//! This module must not contain protocol logic or policy; it only translates calls. Target
+//! platforms are Linux with glibc or musl on 64- and 32-bit CPUs, so every size comes from a
+//! `libc` type, never a hard-coded width.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::ops::{Deref, DerefMut};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::ptr::NonNull;
+
+/// Alignment of `AlignedBuf` and the unit `O_DIRECT` transfers are sized in. 4096 covers every
+/// common logical block size (512 and 4096), so it is safe for `O_DIRECT` everywhere.
+pub const ALIGN: usize = 4096;
+
+/// `MSDOS_SUPER_MAGIC` from linux/magic.h: FAT12/16/32 (vfat). Files are limited to 4 GiB - 1.
+const MSDOS_SUPER_MAGIC: u64 = 0x4d44;
+
+/// A zeroed heap buffer whose address is `ALIGN`-aligned and whose length is a multiple of
+/// `ALIGN`, as `O_DIRECT` requires. Freed on drop. Not `Send` (holds a raw pointer); the engine is
+/// single-threaded.
+pub struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// Allocates at least `len` bytes rounded up to a multiple of `ALIGN`, zero-filled.
+    /// Aborts (like `Vec`) if the allocation fails.
+    pub fn new(len: usize) -> AlignedBuf {
+        let len = len
+            .checked_next_multiple_of(ALIGN)
+            .expect("aligned buffer length overflows usize");
+        // posix_memalign with size 0 may return NULL; always ask for at least one unit.
+        let alloc_len = len.max(ALIGN);
+        let mut raw: *mut libc::c_void = std::ptr::null_mut();
+        // SAFETY: `raw` is a valid out-pointer; ALIGN is a power of two and a multiple of
+        // `size_of::<*mut c_void>()`, as posix_memalign requires.
+        let rc = unsafe { libc::posix_memalign(&mut raw, ALIGN, alloc_len) };
+        let ptr = match (rc, NonNull::new(raw as *mut u8)) {
+            (0, Some(p)) => p,
+            _ => std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(alloc_len, ALIGN)
+                    .expect("ALIGN is a power of two"),
+            ),
+        };
+        // SAFETY: `ptr` points to `alloc_len >= len` writable bytes we own exclusively.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, alloc_len) };
+        AlignedBuf { ptr, len }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `len` initialised (zeroed at allocation) bytes for as long
+        // as `self` lives, and the shared borrow of `self` prevents concurrent mutation.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; the exclusive borrow of `self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from posix_memalign, is freed exactly once, here.
+        unsafe { libc::free(self.ptr.as_ptr() as *mut libc::c_void) }
+    }
+}
+
+/// Opens `path` with `O_DIRECT` (bypassing the page cache). With `write`, opens read-write and
+/// creates the file if missing (never truncates). File systems without direct I/O (tmpfs on old
+/// kernels, some FUSE and network file systems) fail with `EINVAL`.
+pub fn open_direct(path: &Path, write: bool) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).custom_flags(libc::O_DIRECT);
+    if write {
+        opts.write(true).create(true);
+    }
+    opts.open(path)
+}
+
+/// Fills `buf` from the kernel CSPRNG (`getrandom(2)`), retrying on `EINTR` and short reads;
+/// falls back to `/dev/urandom` on kernels older than 3.17 (`ENOSYS`).
+pub fn getrandom(buf: &mut [u8]) -> io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: `rest` is a valid writable region of `rest.len()` bytes; flags 0 is blocking
+        // getrandom from the urandom pool. The raw syscall avoids depending on a libc wrapper
+        // (glibc < 2.25 lacks one).
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getrandom,
+                rest.as_mut_ptr() as *mut libc::c_void,
+                rest.len(),
+                0 as libc::c_uint,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::ENOSYS) | Some(libc::EPERM) => {
+                    return File::open("/dev/urandom")?.read_exact(rest);
+                }
+                _ => return Err(err),
+            }
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+// glibc on 32-bit targets needs the LFS call (plain statfs fails with EOVERFLOW on large file
+// systems); musl's statfs is always 64-bit.
+#[cfg(not(target_env = "gnu"))]
+use libc::{statfs as statfs_t, statfs as statfs_call};
+#[cfg(target_env = "gnu")]
+use libc::{statfs64 as statfs_t, statfs64 as statfs_call};
+
+#[allow(clippy::unnecessary_cast)] // statfs field widths differ between targets.
+fn statfs(path: &Path) -> Option<(u64, u64)> {
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statfs is a valid value (plain integers).
+    let mut st: statfs_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is a valid out-pointer of the matching type.
+    let rc = unsafe { statfs_call(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return None;
+    }
+    // f_type is signed on some targets; magics are 32-bit values.
+    Some(((st.f_type as u64) & 0xffff_ffff, st.f_bsize as u64))
+}
+
+/// Block size of the file system holding `path` (which must exist), or None if unknown.
+pub fn fs_block_size(path: &Path) -> Option<u64> {
+    statfs(path).map(|(_, bsize)| bsize).filter(|&b| b > 0)
+}
+
+/// Largest file the file system holding `path` can store, when it is a known small limit
+/// (FAT32: 4 GiB - 1). None means no known limit (or `path` could not be inspected).
+pub fn fs_max_file_size(path: &Path) -> Option<u64> {
+    match statfs(path) {
+        Some((MSDOS_SUPER_MAGIC, _)) => Some(u32::MAX as u64),
+        _ => None,
+    }
+}
+
+/// Milliseconds on `CLOCK_MONOTONIC`. Only the engine may call this (protocol code gets time
+/// passed in as `crate::time::Instant`).
+#[allow(clippy::useless_conversion)] // time_t / c_long are i32 on some 32-bit targets.
+pub fn monotonic_ms() -> u64 {
+    // SAFETY: an all-zero timespec is valid.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid out-pointer; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    let secs = u64::try_from(i64::from(ts.tv_sec)).unwrap_or(0);
+    let nanos = u64::try_from(i64::from(ts.tv_nsec)).unwrap_or(0);
+    secs.saturating_mul(1000).saturating_add(nanos / 1_000_000)
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the resulting soft limit
+/// (the unchanged one if raising failed, 0 if it could not be read).
+#[allow(clippy::unnecessary_cast)] // rlim_t is 32-bit on some targets.
+pub fn raise_nofile_limit() -> u64 {
+    // SAFETY: an all-zero rlimit is valid.
+    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `rl` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return 0;
+    }
+    if rl.rlim_cur < rl.rlim_max {
+        let mut want = rl;
+        want.rlim_cur = rl.rlim_max;
+        // Linux rejects RLIM_INFINITY for NOFILE (it is capped by fs.nr_open); use a large
+        // finite value instead and keep the old limit if even that fails.
+        if want.rlim_cur == libc::RLIM_INFINITY {
+            want.rlim_cur = 1 << 20;
+        }
+        // SAFETY: `want` is a valid, initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            return want.rlim_cur as u64;
+        }
+    }
+    rl.rlim_cur as u64
+}
+
+/// Peak resident set size of this process in KiB (`ru_maxrss`), if available.
+#[allow(clippy::useless_conversion)] // c_long is i32 on 32-bit targets.
+pub fn peak_rss_kib() -> Option<u64> {
+    // SAFETY: an all-zero rusage is valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid out-pointer.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return None;
+    }
+    u64::try_from(i64::from(ru.ru_maxrss)).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligned_buf_new_is_aligned_zeroed_and_rounded() {
+        let mut b = AlignedBuf::new(5000);
+        assert_eq!(b.len(), 8192);
+        assert_eq!(b.as_ptr() as usize % ALIGN, 0);
+        assert!(b.iter().all(|&x| x == 0));
+        b[8191] = 7;
+        assert_eq!(b[8191], 7);
+        let e = AlignedBuf::new(0);
+        assert!(e.is_empty());
+        assert_eq!(e.as_ptr() as usize % ALIGN, 0);
+    }
+
+    #[test]
+    fn getrandom_fills_buffer() {
+        let mut a = [0u8; 64];
+        let mut b = [0u8; 64];
+        getrandom(&mut a).unwrap();
+        getrandom(&mut b).unwrap();
+        assert_ne!(a, b);
+        assert!(a.iter().any(|&x| x != 0));
+        getrandom(&mut []).unwrap();
+    }
+
+    #[test]
+    fn monotonic_ms_never_goes_back() {
+        let a = monotonic_ms();
+        let b = monotonic_ms();
+        assert!(b >= a);
+        assert!(a > 0);
+    }
+
+    #[test]
+    fn fs_queries_on_temp_dir() {
+        let dir = std::env::temp_dir();
+        let bs = fs_block_size(&dir).unwrap();
+        assert!(bs.is_power_of_two());
+        // The test machine's temp dir is not FAT.
+        assert_eq!(fs_max_file_size(&dir), None);
+        assert_eq!(fs_block_size(Path::new("/nonexistent/really/not")), None);
+    }
+
+    #[test]
+    fn open_direct_missing_file_readonly_fails() {
+        let p = std::env::temp_dir().join(format!("atorrent-sys-missing-{}", std::process::id()));
+        assert!(open_direct(&p, false).is_err());
+    }
+
+    #[test]
+    fn limits_are_readable() {
+        assert!(raise_nofile_limit() > 0);
+        assert!(peak_rss_kib().unwrap() > 0);
+    }
+}
