@@ -698,11 +698,19 @@ pub fn parse_http_response(
             }
             Cow::Borrowed(rest)
         }
-        Framing::Chunked => match decode_chunked(rest)? {
-            Some(b) => Cow::Owned(b),
-            None if complete => return Err(TrackerError::Truncated),
-            None => return Ok(None),
-        },
+        Framing::Chunked => {
+            // First pass only checks framing (no copy), so a caller re-parsing a growing
+            // buffer after every read does not copy the body each time.
+            if decode_chunked(rest, None)?.is_none() {
+                if complete {
+                    return Err(TrackerError::Truncated);
+                }
+                return Ok(None);
+            }
+            let mut body = Vec::new();
+            decode_chunked(rest, Some(&mut body))?;
+            Cow::Owned(body)
+        }
     };
     Ok(Some(HttpResponse {
         status,
@@ -724,10 +732,15 @@ fn find_lf(data: &[u8], pos: usize, cap: usize) -> Result<Option<usize>, Tracker
 }
 
 /// Decodes a chunked body (RFC 7230 §4.1): hex size, optional `;extensions`, data, CRLF,
-/// ending with a zero-size chunk, optional trailer fields and a blank line.
-fn decode_chunked(data: &[u8]) -> Result<Option<Vec<u8>>, TrackerError> {
+/// ending with a zero-size chunk, optional trailer fields and a blank line. Returns the
+/// decoded body length once the body is complete (`Ok(None)` while more is needed) and copies
+/// the data into `out` when given.
+fn decode_chunked(
+    data: &[u8],
+    mut out: Option<&mut Vec<u8>>,
+) -> Result<Option<usize>, TrackerError> {
     let mut pos = 0usize;
-    let mut body = Vec::new();
+    let mut body_len = 0usize;
     loop {
         let Some(lf) = find_lf(data, pos, MAX_CHUNK_LINE)? else {
             return Ok(None);
@@ -758,21 +771,24 @@ fn decode_chunked(data: &[u8]) -> Result<Option<Vec<u8>>, TrackerError> {
                 let line = trim_cr(data.get(pos..lf).ok_or(TrackerError::BadChunk)?);
                 pos = lf + 1;
                 if line.is_empty() {
-                    return Ok(Some(body));
+                    return Ok(Some(body_len));
                 }
                 if pos - trailer_start > MAX_HEADER_BYTES {
                     return Err(TrackerError::HeaderTooLarge);
                 }
             }
         }
-        if body.len().saturating_add(size) > MAX_BODY_BYTES {
+        body_len = body_len.saturating_add(size);
+        if body_len > MAX_BODY_BYTES {
             return Err(TrackerError::BodyTooLarge);
         }
         let end = pos.checked_add(size).ok_or(TrackerError::BodyTooLarge)?;
         let Some(chunk) = data.get(pos..end) else {
             return Ok(None);
         };
-        body.extend_from_slice(chunk);
+        if let Some(out) = out.as_deref_mut() {
+            out.extend_from_slice(chunk);
+        }
         pos = end;
         match (data.get(pos), data.get(pos + 1)) {
             (None, _) | (Some(b'\r'), None) => return Ok(None),
