@@ -903,7 +903,7 @@ mod tests {
 
     fn pick(
         pk: &mut Picker,
-        p: &Vec<bool>,
+        p: &dyn PieceSet,
         want: usize,
         already: &[BlockRef],
         seed: u64,
