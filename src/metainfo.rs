@@ -627,67 +627,69 @@ fn with_suffix(name: &str, n: u64) -> String {
 
 /// Keeps sanitised paths distinct on disk: two files never share a path, and no file sits
 /// where another file needs a directory (or the reverse). Conflicts are renamed with a suffix.
+/// Directories are interned as ids so the bookkeeping grows linearly with the path components.
 #[derive(Default)]
 struct Layout {
-    files: HashSet<Vec<String>>,
-    dirs: HashSet<Vec<String>>,
-    /// A directory prefix that collided with a file, and the name it was given instead.
-    dir_renames: HashMap<Vec<String>, String>,
-    /// Next suffix to try per conflicting path, so renaming stays linear overall.
-    next_suffix: HashMap<Vec<String>, u64>,
+    /// (parent directory id, name) to directory id; id 0 is the torrent's top directory.
+    dirs: HashMap<(u32, String), u32>,
+    /// (directory id, name) of every file placed so far.
+    files: HashSet<(u32, String)>,
+    /// A directory (parent id, name) that clashed with a file, and the name used instead.
+    dir_renames: HashMap<(u32, String), String>,
+    /// Next suffix to try per conflicting (parent id, name), so renaming stays linear overall.
+    next_suffix: HashMap<(u32, String), u64>,
 }
 
 impl Layout {
     fn place(&mut self, mut rel: Vec<String>, w: &mut Warnings) -> Vec<String> {
-        for d in 1..rel.len() {
-            let prefix = rel[..d].to_vec();
-            if self.files.contains(&prefix) {
-                let new = match self.dir_renames.get(&prefix) {
+        let Some(last) = rel.len().checked_sub(1) else {
+            return rel;
+        };
+        let mut parent = 0u32;
+        for comp in rel.iter_mut().take(last) {
+            let key = (parent, comp.clone());
+            if self.files.contains(&key) {
+                let new = match self.dir_renames.get(&key) {
                     Some(n) => n.clone(),
                     None => {
-                        let cand = self.unique(&prefix);
-                        let n = cand.last().cloned().unwrap_or_default();
-                        self.dir_renames.insert(prefix.clone(), n.clone());
+                        let n = self.unique(parent, &key.1);
+                        self.dir_renames.insert(key.clone(), n.clone());
                         n
                     }
                 };
                 w.push(|| {
                     format!(
                         "directory {:?} clashes with a file; renamed to {new:?}",
-                        prefix.join("/")
+                        key.1
                     )
                 });
-                rel[d - 1] = new;
+                *comp = new;
             }
-            self.dirs.insert(rel[..d].to_vec());
+            // Ids stay below MAX_FILES * MAX_PATH_DEPTH, far inside u32.
+            let next_id = self.dirs.len() as u32 + 1;
+            parent = *self.dirs.entry((parent, comp.clone())).or_insert(next_id);
         }
-        if self.files.contains(&rel) || self.dirs.contains(&rel) {
-            let new = self.unique(&rel);
-            w.push(|| {
-                format!(
-                    "duplicate path {:?} renamed to {:?}",
-                    rel.join("/"),
-                    new.join("/")
-                )
-            });
-            rel = new;
+        let key = (parent, rel[last].clone());
+        if self.files.contains(&key) || self.dirs.contains_key(&key) {
+            let new = self.unique(parent, &key.1);
+            w.push(|| format!("duplicate path {:?} renamed to {new:?}", rel.join("/")));
+            rel[last] = new;
         }
-        self.files.insert(rel.clone());
+        self.files.insert((parent, rel[last].clone()));
         rel
     }
 
-    /// A variant of `path` (last component suffixed) that is neither a file nor a directory.
-    fn unique(&mut self, path: &[String]) -> Vec<String> {
-        let n = self.next_suffix.entry(path.to_vec()).or_insert(1);
-        let mut cand = path.to_vec();
-        let last = path.last().cloned().unwrap_or_default();
+    /// A variant of `name` (suffixed) that is neither a file nor a directory in `parent`.
+    fn unique(&mut self, parent: u32, name: &str) -> String {
+        let n = self
+            .next_suffix
+            .entry((parent, name.to_string()))
+            .or_insert(1);
         loop {
-            if let Some(c) = cand.last_mut() {
-                *c = with_suffix(&last, *n);
-            }
+            let key = (parent, with_suffix(name, *n));
             *n += 1;
-            if !self.files.contains(&cand) && !self.dirs.contains(&cand) {
-                return cand;
+            if !self.files.contains(&key) && !self.dirs.contains_key(&key) {
+                return key.1;
             }
         }
     }
@@ -1085,6 +1087,26 @@ mod tests {
                 vec!["a_1", "c"],
                 vec!["d", "x"],
                 vec!["d_1"]
+            ]
+        );
+        // Nested: only the same name in the same directory clashes.
+        let (rel, _) = rel_paths(&[
+            &[b"d", b"x"],
+            &[b"e", b"x"],
+            &[b"d", b"x"],
+            &[b"a", b"b"],
+            &[b"a", b"b", b"c"],
+            &[b"a", b"b", b"c2"],
+        ]);
+        assert_eq!(
+            rel,
+            vec![
+                vec!["d", "x"],
+                vec!["e", "x"],
+                vec!["d", "x_1"],
+                vec!["a", "b"],
+                vec!["a", "b_1", "c"],
+                vec!["a", "b_1", "c2"]
             ]
         );
         // Renaming a maximal-length name keeps it within the component limit.
