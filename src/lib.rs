@@ -19,6 +19,7 @@ pub mod create;
 pub mod dns;
 pub mod engine;
 pub mod hash;
+pub mod magnet;
 pub mod metainfo;
 pub mod net;
 pub mod peer;
