@@ -1,1 +1,1283 @@
-//! (stub: being written)
+//! Layer 3: the event loop. The only owner of mio, of every socket and of the clock.
+//!
+//! One thread, one `mio::Poll`. Each turn: read the clock, wait for readiness (at most until
+//! the next one-second tick), move bytes between sockets and the pure state machines
+//! (`torrent`, `announce`, the tracker and DNS codecs), then write what they produced.
+//!
+//! Rules followed (mio's own): sockets are edge-triggered, so every read and write drains to
+//! `WouldBlock`; a peer whose read budget ran out is remembered in `again` and serviced on
+//! the next turn without waiting for an event; spurious events are harmless; events for a
+//! slot whose generation changed are ignored. Peer connections come from a fixed pool of
+//! `max_connections` slots whose buffers were allocated at start.
+//!
+//! Tokens: `kind << 28 | generation (12 bits) << 16 | slot index (16 bits)`, which fits a
+//! 32-bit `usize` on the ARM and MIPS targets.
+
+use std::io::{self, IsTerminal, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::announce::{Announcer, Job};
+use crate::dns;
+use crate::net;
+use crate::peer::{CloseReason, PeerConn, Phase, HANDSHAKE_TIMEOUT};
+use crate::pool::{Handle, Slots};
+use crate::time::Instant;
+use crate::torrent::{Event as TorrentEvent, State, Torrent};
+use crate::tracker::{self, Announce, Event as TrackerEvent, Scheme, Url};
+use crate::wire::{self, Handshake};
+
+const KIND_LISTENER: usize = 1;
+const KIND_PEER: usize = 2;
+const KIND_TRACKER: usize = 3;
+const KIND_UDP: usize = 4;
+const KIND_SIGNAL: usize = 5;
+
+/// Most bytes read from one peer per turn before the others get a go.
+const READ_BUDGET: usize = 1 << 20;
+/// Outgoing TCP connects that take longer than this are abandoned.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Whole tracker exchange (resolve, connect, request, response).
+const TRACKER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest tracker response kept (a compact reply with 1000 peers is about 6 KiB).
+const MAX_TRACKER_RESPONSE: usize = 512 * 1024;
+/// Concurrent tracker exchanges.
+const MAX_TRACKER_CONNS: usize = 16;
+/// How long shutdown waits for `stopped` announces.
+const STOP_ANNOUNCE_WAIT: Duration = Duration::from_secs(3);
+/// Peers asked of a tracker per announce.
+const NUMWANT: u32 = 80;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// One live line rewritten in place.
+    Tty,
+    /// A plain line every few seconds.
+    Lines,
+    Quiet,
+}
+
+pub struct Options {
+    pub listen_port: u16,
+    pub bind: Option<IpAddr>,
+    pub enable_ipv6: bool,
+    pub max_connections: usize,
+    pub max_half_open: usize,
+    pub peer_buffer_size: usize,
+    /// Keep running and seeding once complete.
+    pub seed: bool,
+    pub progress: Progress,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Complete,
+    Interrupted,
+    Failed(String),
+}
+
+struct TrackerConn {
+    torrent: usize,
+    job: Job,
+    url: Url,
+    stream: Option<TcpStream>,
+    dns_id: Option<u16>,
+    dns_qtype: dns::QType,
+    req: Vec<u8>,
+    sent: usize,
+    resp: Vec<u8>,
+    deadline: Instant,
+    redirects: u32,
+}
+
+struct Entry {
+    t: Torrent,
+    ann: Announcer,
+    finished_reported: bool,
+}
+
+pub struct Engine {
+    poll: Poll,
+    start: std::time::Instant,
+    opts: Options,
+    listeners: Vec<TcpListener>,
+    udp: Option<UdpSocket>,
+    signal_fd: Option<i32>,
+    peers: Slots<PeerConn>,
+    streams: Vec<Option<TcpStream>>,
+    spare: Vec<PeerConn>,
+    /// Peers with unread input left after their budget ran out.
+    again: Vec<Handle>,
+    trackers: Slots<TrackerConn>,
+    resolvers: Vec<SocketAddr>,
+    dns_next_id: u16,
+    torrents: Vec<Entry>,
+    peer_id: [u8; 20],
+    listen_port: u16,
+    shutdown: Option<Instant>,
+    outcome: Option<Outcome>,
+    last_tick: Instant,
+    last_progress: Instant,
+    started_at: Instant,
+    rng: crate::rng::Rng,
+}
+
+fn token(kind: usize, h: Handle) -> Token {
+    Token(kind << 28 | ((h.gen as usize) & 0xfff) << 16 | (h.index as usize & 0xffff))
+}
+
+fn split(t: Token) -> (usize, u32, u32) {
+    (
+        t.0 >> 28,
+        ((t.0 >> 16) & 0xfff) as u32,
+        (t.0 & 0xffff) as u32,
+    )
+}
+
+impl Engine {
+    pub fn new(opts: Options) -> io::Result<Engine> {
+        let poll = Poll::new()?;
+        let mut seed = [0u8; 8];
+        crate::sys::getrandom(&mut seed)?;
+        let mut rng = crate::rng::Rng::new(u64::from_le_bytes(seed));
+        let mut peer_id = [0u8; 20];
+        peer_id[..8].copy_from_slice(b"-AT0100-");
+        const ALNUM: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        for b in &mut peer_id[8..] {
+            *b = ALNUM[rng.below(ALNUM.len())];
+        }
+        let n = opts.max_connections.clamp(1, 0xffff);
+        let mut spare = Vec::with_capacity(n);
+        for _ in 0..n {
+            spare.push(PeerConn::with_buffers(opts.peer_buffer_size));
+        }
+        let mut e = Engine {
+            poll,
+            start: std::time::Instant::now(),
+            listeners: Vec::new(),
+            udp: None,
+            signal_fd: None,
+            peers: Slots::with_capacity(n),
+            streams: (0..n).map(|_| None).collect(),
+            spare,
+            again: Vec::new(),
+            trackers: Slots::with_capacity(MAX_TRACKER_CONNS),
+            resolvers: Vec::new(),
+            dns_next_id: (rng.next_u32() & 0xffff) as u16,
+            torrents: Vec::new(),
+            peer_id,
+            listen_port: opts.listen_port,
+            shutdown: None,
+            outcome: None,
+            last_tick: Instant::ZERO,
+            last_progress: Instant::ZERO,
+            started_at: Instant::ZERO,
+            rng,
+            opts,
+        };
+        e.setup_listeners()?;
+        e.setup_signals();
+        Ok(e)
+    }
+
+    pub fn peer_id(&self) -> [u8; 20] {
+        self.peer_id
+    }
+
+    pub fn listen_port(&self) -> u16 {
+        self.listen_port
+    }
+
+    fn setup_listeners(&mut self) -> io::Result<()> {
+        let mut addrs = Vec::new();
+        match self.opts.bind {
+            Some(ip) => addrs.push(SocketAddr::new(ip, self.opts.listen_port)),
+            None => {
+                addrs.push(SocketAddr::new(
+                    net::unspecified(false),
+                    self.opts.listen_port,
+                ));
+                if self.opts.enable_ipv6 {
+                    addrs.push(SocketAddr::new(
+                        net::unspecified(true),
+                        self.opts.listen_port,
+                    ));
+                }
+            }
+        }
+        for (i, mut addr) in addrs.into_iter().enumerate() {
+            if self.listen_port != 0 {
+                addr.set_port(self.listen_port);
+            }
+            match net::listen(addr) {
+                Ok(mut l) => {
+                    if self.listen_port == 0 {
+                        self.listen_port = l.local_addr()?.port();
+                    }
+                    self.poll.registry().register(
+                        &mut l,
+                        Token(KIND_LISTENER << 28 | i),
+                        Interest::READABLE,
+                    )?;
+                    info!("net: listening on {}", l.local_addr()?);
+                    self.listeners.push(l);
+                }
+                Err(e) if i > 0 => {
+                    info!("net: no IPv6 listener ({e}); continuing with IPv4 only");
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {addr}: {e}"),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn setup_signals(&mut self) {
+        match crate::sys::signal_pipe() {
+            Ok(fd) => {
+                let r = self.poll.registry().register(
+                    &mut mio::unix::SourceFd(&fd),
+                    Token(KIND_SIGNAL << 28),
+                    Interest::READABLE,
+                );
+                if r.is_ok() {
+                    self.signal_fd = Some(fd);
+                }
+            }
+            Err(e) => warn!("engine: signals not handled: {e}"),
+        }
+    }
+
+    fn now(&self) -> Instant {
+        Instant::from_millis(self.start.elapsed().as_millis() as u64)
+    }
+
+    pub fn add_torrent(&mut self, t: Torrent) -> usize {
+        let ann = Announcer::new(&t.meta.trackers, &mut self.rng);
+        self.torrents.push(Entry {
+            t,
+            ann,
+            finished_reported: false,
+        });
+        self.torrents.len() - 1
+    }
+
+    pub fn torrent_mut(&mut self, i: usize) -> Option<&mut Torrent> {
+        self.torrents.get_mut(i).map(|e| &mut e.t)
+    }
+
+    /// Runs until every torrent is complete (without `seed`), a signal, or an error.
+    pub fn run(&mut self) -> Outcome {
+        let mut events = Events::with_capacity(256);
+        self.started_at = self.now();
+        self.report_initial_state();
+        loop {
+            let now = self.now();
+            if let Some(o) = self.check_done(now) {
+                self.print_progress(now, true);
+                return o;
+            }
+            let next_tick = self.last_tick + Duration::from_secs(1);
+            let timeout = if !self.again.is_empty() {
+                Duration::ZERO
+            } else {
+                next_tick.since(now).min(Duration::from_millis(1000))
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Outcome::Failed(format!("poll failed: {e}"));
+                }
+            }
+            let now = self.now();
+            let mut touched = std::mem::take(&mut self.again);
+            for ev in events.iter() {
+                let (kind, gen, index) = split(ev.token());
+                match kind {
+                    KIND_LISTENER => self.accept(index as usize, now),
+                    KIND_PEER => {
+                        let h = Handle { index, gen };
+                        if self.peers.get(h).is_some() {
+                            if ev.is_writable() || ev.is_error() {
+                                self.on_writable(h, now);
+                            }
+                            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                                touched.push(h);
+                            }
+                        }
+                    }
+                    KIND_TRACKER => {
+                        let h = Handle { index, gen };
+                        self.tracker_io(h, now);
+                    }
+                    KIND_UDP => self.udp_readable(now),
+                    KIND_SIGNAL => self.on_signal(now),
+                    _ => {}
+                }
+            }
+            touched.sort_by_key(|h| h.index);
+            touched.dedup();
+            for h in touched {
+                self.read_peer(h, now);
+            }
+            self.after_io(now);
+            if now.since(self.last_tick) >= Duration::from_secs(1) {
+                let elapsed = now.since(self.last_tick);
+                self.last_tick = now;
+                self.tick(now, elapsed);
+            }
+        }
+    }
+
+    fn report_initial_state(&mut self) {
+        for e in &mut self.torrents {
+            if e.t.is_complete() && !e.finished_reported {
+                e.finished_reported = true;
+                if self.opts.seed {
+                    println!(
+                        "seeding {} {}",
+                        crate::hash::hex(&e.t.meta.info_hash),
+                        e.t.meta.name
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_done(&mut self, now: Instant) -> Option<Outcome> {
+        if self.outcome.is_none() && !self.opts.seed && !self.torrents.is_empty() {
+            let all = self.torrents.iter().all(|e| e.t.is_complete());
+            if all {
+                self.begin_shutdown(now, Outcome::Complete);
+            }
+        }
+        if self.outcome.is_none() {
+            if let Some(e) = self.torrents.iter().find_map(|e| match &e.t.state {
+                State::Error(s) => Some(s.clone()),
+                _ => None,
+            }) {
+                self.begin_shutdown(now, Outcome::Failed(e));
+            }
+        }
+        let deadline = self.shutdown?;
+        if self.trackers.len() == 0 || now >= deadline {
+            for e in &mut self.torrents {
+                e.t.flush_storage();
+            }
+            return self.outcome.take();
+        }
+        None
+    }
+
+    fn begin_shutdown(&mut self, now: Instant, outcome: Outcome) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        info!("engine: shutting down ({outcome:?})");
+        self.outcome = Some(outcome);
+        self.shutdown = Some(now + STOP_ANNOUNCE_WAIT);
+        let handles: Vec<Handle> = self.peers.iter().map(|(h, _)| h).collect();
+        for h in handles {
+            if let Some(p) = self.peers.get_mut(h) {
+                p.close(CloseReason::Shutdown);
+            }
+            self.close_peer(h, now);
+        }
+        let hs: Vec<Handle> = self.trackers.iter().map(|(h, _)| h).collect();
+        for h in hs {
+            self.drop_tracker(h);
+        }
+        for i in 0..self.torrents.len() {
+            if let Some(job) = self.torrents[i].ann.stop_job() {
+                self.start_tracker(i, job, now);
+            }
+        }
+    }
+
+    fn on_signal(&mut self, now: Instant) {
+        if let Some(fd) = self.signal_fd {
+            crate::sys::drain_fd(fd);
+        }
+        if self.shutdown.is_none() {
+            self.begin_shutdown(now, Outcome::Interrupted);
+        } else {
+            // A second signal: stop waiting for trackers.
+            self.shutdown = Some(now);
+        }
+    }
+
+    // ----- peers -----
+
+    fn accept(&mut self, li: usize, now: Instant) {
+        loop {
+            let Some(l) = self.listeners.get(li) else {
+                return;
+            };
+            match l.accept() {
+                Ok((stream, addr)) => {
+                    if self.shutdown.is_some() || self.spare.is_empty() {
+                        debug!("net: refusing {addr}: connection pool full");
+                        continue;
+                    }
+                    if self.torrents.iter().any(|e| e.t.should_drop(&addr)) {
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    self.insert_peer(stream, addr, false, None, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: stop accepting this turn rather than spin.
+                    warn!("net: accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn insert_peer(
+        &mut self,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        outgoing: bool,
+        torrent: Option<usize>,
+        now: Instant,
+    ) -> bool {
+        let Some(mut p) = self.spare.pop() else {
+            return false;
+        };
+        p.reset(addr, outgoing, now);
+        p.torrent = torrent;
+        if let Some(ti) = torrent {
+            let hs = Handshake {
+                reserved: wire::RESERVED_OURS,
+                info_hash: self.torrents[ti].t.meta.info_hash,
+                peer_id: self.peer_id,
+            };
+            p.push_bytes(&hs.encode());
+        }
+        let Some(h) = self.peers.insert(p) else {
+            return false;
+        };
+        let tok = token(KIND_PEER, h);
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut stream, tok, Interest::READABLE | Interest::WRITABLE)
+        {
+            warn!("net: register failed: {e}");
+            if let Some(p) = self.peers.remove(h) {
+                self.spare.push(p);
+            }
+            return false;
+        }
+        self.streams[h.index as usize] = Some(stream);
+        true
+    }
+
+    fn on_writable(&mut self, h: Handle, now: Instant) {
+        let Some(p) = self.peers.get_mut(h) else {
+            return;
+        };
+        if p.phase == Phase::Connecting {
+            let Some(s) = self.streams[h.index as usize].as_ref() else {
+                return;
+            };
+            match s.take_error() {
+                Ok(Some(e)) | Err(e) => {
+                    p.close(CloseReason::ConnectFailed(e.to_string()));
+                    return;
+                }
+                Ok(None) => {}
+            }
+            match s.peer_addr() {
+                Ok(_) => {
+                    p.phase = Phase::Handshake;
+                    debug!("peer {}: connected", p.addr);
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => {
+                    p.close(CloseReason::ConnectFailed(e.to_string()));
+                    return;
+                }
+            }
+        }
+        self.flush_peer(h, now);
+    }
+
+    fn flush_peer(&mut self, h: Handle, now: Instant) {
+        let Some(p) = self.peers.get_mut(h) else {
+            return;
+        };
+        if p.phase == Phase::Connecting {
+            return;
+        }
+        let Some(s) = self.streams[h.index as usize].as_mut() else {
+            return;
+        };
+        while !p.tx_pending().is_empty() {
+            match s.write(p.tx_pending()) {
+                Ok(0) => {
+                    p.close(CloseReason::PeerClosed);
+                    return;
+                }
+                Ok(n) => {
+                    p.tx_consumed(n);
+                    p.last_tx = now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    p.close(CloseReason::Io(format!("write: {e}")));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn read_peer(&mut self, h: Handle, now: Instant) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(p) = self.peers.get_mut(h) else {
+                return;
+            };
+            if p.close.is_some() || p.phase == Phase::Connecting {
+                return;
+            }
+            let Some(s) = self.streams[h.index as usize].as_mut() else {
+                return;
+            };
+            let mut would_block = false;
+            if p.rx_len < p.rx.len() {
+                match s.read(p.rx_free()) {
+                    Ok(0) => {
+                        p.close(CloseReason::PeerClosed);
+                    }
+                    Ok(n) => {
+                        p.rx_len += n;
+                        budget = budget.saturating_sub(n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block = true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => p.close(CloseReason::Io(format!("read: {e}"))),
+                }
+            }
+            let before = p.rx_len;
+            self.process_input(h, now);
+            let Some(p) = self.peers.get(h) else { return };
+            if p.close.is_some() {
+                return;
+            }
+            if p.rx_len == p.rx.len() && p.rx_len == before {
+                // Buffer full and nothing parsable: the decoder's cap is the buffer size, so
+                // this cannot happen with a well-formed stream.
+                if let Some(p) = self.peers.get_mut(h) {
+                    p.close(CloseReason::Protocol(
+                        "message larger than receive buffer".into(),
+                    ));
+                }
+                return;
+            }
+            if would_block {
+                return;
+            }
+            if budget == 0 {
+                self.again.push(h);
+                return;
+            }
+        }
+    }
+
+    /// Handshake handling (which needs the torrent list) and then the torrent's parser.
+    fn process_input(&mut self, h: Handle, now: Instant) {
+        let Some(p) = self.peers.get_mut(h) else {
+            return;
+        };
+        if p.phase == Phase::Handshake {
+            let hs = match Handshake::decode(&p.rx[..p.rx_len]) {
+                Ok(Some(hs)) => hs,
+                Ok(None) => return,
+                Err(_) => {
+                    p.close(CloseReason::BadHandshake);
+                    return;
+                }
+            };
+            let ti =
+                match p.torrent {
+                    Some(ti) => {
+                        if self.torrents[ti].t.meta.info_hash != hs.info_hash {
+                            p.close(CloseReason::UnknownTorrent);
+                            return;
+                        }
+                        ti
+                    }
+                    None => match self.torrents.iter().position(|e| {
+                        e.t.meta.info_hash == hs.info_hash && e.t.state != State::Stopped
+                    }) {
+                        Some(ti) => {
+                            let reply = Handshake {
+                                reserved: wire::RESERVED_OURS,
+                                info_hash: hs.info_hash,
+                                peer_id: self.peer_id,
+                            };
+                            p.torrent = Some(ti);
+                            p.push_bytes(&reply.encode());
+                            ti
+                        }
+                        None => {
+                            p.close(CloseReason::UnknownTorrent);
+                            return;
+                        }
+                    },
+                };
+            if hs.peer_id == self.peer_id {
+                p.close(CloseReason::SelfConnection);
+                return;
+            }
+            p.peer_id = hs.peer_id;
+            p.reserved = hs.reserved;
+            p.fast = wire::supports_fast(&hs.reserved);
+            p.extended = wire::supports_extended(&hs.reserved);
+            p.rx_consume(wire::HANDSHAKE_LEN);
+            let pid = hs.peer_id;
+            let addr = p.addr;
+            let dup = self.peers.iter().any(|(o, q)| {
+                o != h && q.torrent == Some(ti) && q.is_established() && q.peer_id == pid
+            });
+            let p = self.peers.get_mut(h).expect("present");
+            if dup {
+                p.close(CloseReason::Duplicate);
+                return;
+            }
+            let t = &mut self.torrents[ti].t;
+            if !p.outgoing {
+                t.add_candidate(addr, now);
+                t.candidate_connected(addr);
+            }
+            t.on_established(p, now);
+            debug!("peer {}: handshake ok ({})", addr, p.client_name());
+        }
+        let Some(p) = self.peers.get_mut(h) else {
+            return;
+        };
+        if let (Phase::Established, Some(ti)) = (p.phase, p.torrent) {
+            self.torrents[ti].t.handle_rx(p, now);
+        }
+    }
+
+    fn close_peer(&mut self, h: Handle, now: Instant) {
+        let Some(mut p) = self.peers.remove(h) else {
+            return;
+        };
+        if let Some(mut s) = self.streams[h.index as usize].take() {
+            let _ = self.poll.registry().deregister(&mut s);
+        }
+        let reason = p.close.clone().unwrap_or(CloseReason::PeerClosed);
+        debug!("peer {}: closed: {}", p.addr, reason);
+        if let Some(ti) = p.torrent {
+            if let Some(e) = self.torrents.get_mut(ti) {
+                e.t.on_closed(&mut p, now);
+            }
+        }
+        self.spare.push(p);
+    }
+
+    /// After input: broadcasts, refill requests and uploads, write, close the dead.
+    fn after_io(&mut self, now: Instant) {
+        for ti in 0..self.torrents.len() {
+            let peers = self
+                .peers
+                .iter_mut()
+                .filter(|(_, p)| p.torrent == Some(ti))
+                .map(|(_, p)| p);
+            self.torrents[ti].t.broadcast(peers);
+        }
+        let handles: Vec<Handle> = self.peers.iter().map(|(h, _)| h).collect();
+        for h in handles {
+            if let Some(p) = self.peers.get_mut(h) {
+                if let (Some(ti), None) = (p.torrent, &p.close) {
+                    self.torrents[ti].t.fill_tx(p, now);
+                }
+            }
+            self.flush_peer(h, now);
+            let dead = self.peers.get(h).is_some_and(|p| p.close.is_some());
+            if dead {
+                self.close_peer(h, now);
+            }
+        }
+        self.handle_torrent_events(now);
+    }
+
+    fn handle_torrent_events(&mut self, now: Instant) {
+        for i in 0..self.torrents.len() {
+            while let Some(ev) = self.torrents[i].t.poll_event() {
+                match ev {
+                    TorrentEvent::PieceVerified(_) => {}
+                    TorrentEvent::Completed => {
+                        let e = &mut self.torrents[i];
+                        e.ann.completed(now);
+                        if !e.finished_reported {
+                            e.finished_reported = true;
+                            let secs = now.since(self.started_at).as_secs_f64().max(0.001);
+                            let bytes = e.t.meta.total_length;
+                            println!(
+                                "complete {} {} {} bytes in {:.2} s ({:.1} MB/s)",
+                                crate::hash::hex(&e.t.meta.info_hash),
+                                e.t.meta.name,
+                                bytes,
+                                secs,
+                                e.t.downloaded as f64 / secs / 1e6
+                            );
+                            if self.opts.seed {
+                                println!(
+                                    "seeding {} {}",
+                                    crate::hash::hex(&e.t.meta.info_hash),
+                                    e.t.meta.name
+                                );
+                            }
+                        }
+                    }
+                    TorrentEvent::StorageError(msg) => {
+                        eprintln!("atorrent: {}: {}", self.torrents[i].t.meta.name, msg);
+                    }
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Instant, elapsed: Duration) {
+        // Connection and handshake timeouts.
+        let handles: Vec<Handle> = self.peers.iter().map(|(h, _)| h).collect();
+        for &h in &handles {
+            if let Some(p) = self.peers.get_mut(h) {
+                let age = now.since(p.connected_at);
+                match p.phase {
+                    Phase::Connecting if age > CONNECT_TIMEOUT => {
+                        p.close(CloseReason::ConnectFailed("timed out".into()))
+                    }
+                    Phase::Handshake if age > HANDSHAKE_TIMEOUT => {
+                        p.close(CloseReason::HandshakeTimeout)
+                    }
+                    _ => {}
+                }
+                if let Some(ti) = p.torrent {
+                    if self.torrents[ti].t.should_drop(&p.addr) {
+                        p.close(CloseReason::BadPiece);
+                    }
+                }
+            }
+        }
+        for ti in 0..self.torrents.len() {
+            let peers = self
+                .peers
+                .iter_mut()
+                .filter(|(_, p)| p.torrent == Some(ti))
+                .map(|(_, p)| p);
+            self.torrents[ti].t.tick(now, elapsed, peers);
+        }
+        if self.shutdown.is_none() {
+            self.connect_candidates(now);
+            self.announce(now);
+        }
+        self.tracker_timeouts(now);
+        self.after_io(now);
+        self.print_progress(now, false);
+    }
+
+    fn connect_candidates(&mut self, now: Instant) {
+        let mut half_open = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.phase == Phase::Connecting)
+            .count();
+        for ti in 0..self.torrents.len() {
+            if self.torrents[ti].t.is_complete() || self.torrents[ti].t.state != State::Downloading
+            {
+                continue;
+            }
+            while half_open < self.opts.max_half_open && !self.spare.is_empty() {
+                let Some(addr) = self.torrents[ti].t.next_candidate(now) else {
+                    break;
+                };
+                // Skip addresses we are already connected to.
+                if self.peers.iter().any(|(_, p)| p.addr == addr) {
+                    continue;
+                }
+                match net::connect(addr, self.opts.bind) {
+                    Ok(stream) => {
+                        if self.insert_peer(stream, addr, true, Some(ti), now) {
+                            half_open += 1;
+                        }
+                    }
+                    Err(e) => {
+                        debug!("peer {addr}: connect failed: {e}");
+                        self.torrents[ti].t.candidate_closed(
+                            addr,
+                            &CloseReason::ConnectFailed(e.to_string()),
+                            now,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Dials `addr` for torrent `ti` now (used for `--peer`).
+    pub fn add_peer(&mut self, ti: usize, addr: SocketAddr) {
+        let now = self.now();
+        if let Some(e) = self.torrents.get_mut(ti) {
+            e.t.add_candidate(addr, now);
+        }
+    }
+
+    // ----- progress -----
+
+    fn print_progress(&mut self, now: Instant, last: bool) {
+        let every = match self.opts.progress {
+            Progress::Quiet => return,
+            Progress::Tty => Duration::from_secs(1),
+            Progress::Lines => Duration::from_secs(5),
+        };
+        if !last && now.since(self.last_progress) < every {
+            return;
+        }
+        self.last_progress = now;
+        for e in &self.torrents {
+            let t = &e.t;
+            let have = t.bytes_have();
+            let pct = if t.meta.total_length == 0 {
+                100.0
+            } else {
+                have as f64 * 100.0 / t.meta.total_length as f64
+            };
+            let (mut down, mut up, mut n) = (0u64, 0u64, 0usize);
+            for (_, p) in self.peers.iter() {
+                if p.torrent.is_some() && p.is_established() {
+                    down += p.down.get();
+                    up += p.up.get();
+                    n += 1;
+                }
+            }
+            let eta = if down > 0 && have < t.meta.total_length {
+                format!("{}s", (t.meta.total_length - have) / down)
+            } else {
+                "-".to_string()
+            };
+            let line = format!(
+                "{} {:5.1}% down {}/s up {}/s peers {} eta {}",
+                t.state.name(),
+                pct,
+                human(down),
+                human(up),
+                n,
+                eta
+            );
+            if self.opts.progress == Progress::Tty && io::stdout().is_terminal() {
+                print!("\r{line:<72}");
+                if last {
+                    println!();
+                }
+                let _ = io::stdout().flush();
+            } else {
+                println!("{line}");
+            }
+        }
+    }
+
+    // ----- trackers -----
+
+    fn announce(&mut self, now: Instant) {
+        for ti in 0..self.torrents.len() {
+            if self.trackers.len() >= MAX_TRACKER_CONNS {
+                return;
+            }
+            if let Some(job) = self.torrents[ti].ann.poll(now) {
+                self.start_tracker(ti, job, now);
+            }
+        }
+    }
+
+    fn start_tracker(&mut self, ti: usize, job: Job, now: Instant) {
+        let url = match tracker::parse_url(&job.url) {
+            Ok(u) if u.scheme == Scheme::Http => u,
+            Ok(_) => {
+                self.torrents[ti].ann.on_failure(
+                    now,
+                    &job,
+                    "only http:// trackers are supported so far".into(),
+                );
+                return;
+            }
+            Err(e) => {
+                self.torrents[ti].ann.on_failure(now, &job, e.to_string());
+                return;
+            }
+        };
+        let conn = TrackerConn {
+            torrent: ti,
+            job,
+            url,
+            stream: None,
+            dns_id: None,
+            dns_qtype: dns::QType::A,
+            req: Vec::new(),
+            sent: 0,
+            resp: Vec::new(),
+            deadline: now + TRACKER_TIMEOUT,
+            redirects: 0,
+        };
+        let Some(h) = self.trackers.insert(conn) else {
+            return;
+        };
+        self.tracker_begin(h, now);
+    }
+
+    /// Resolves (or connects, when the host is an address) and sends the request.
+    fn tracker_begin(&mut self, h: Handle, now: Instant) {
+        let Some(c) = self.trackers.get_mut(h) else {
+            return;
+        };
+        let host = c.url.host.clone();
+        let ip = c
+            .url
+            .host_is_ip()
+            .or_else(|| net::hosts_lookup(&host).into_iter().next());
+        match ip {
+            Some(ip) => self.tracker_connect(h, ip, now),
+            None => self.tracker_resolve(h, dns::QType::A, now),
+        }
+    }
+
+    fn tracker_resolve(&mut self, h: Handle, qtype: dns::QType, now: Instant) {
+        if self.udp.is_none() {
+            if self.resolvers.is_empty() {
+                self.resolvers = net::system_resolvers();
+            }
+            match net::udp(SocketAddr::new(net::unspecified(false), 0)) {
+                Ok(mut s) => {
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut s, Token(KIND_UDP << 28), Interest::READABLE)
+                        .is_ok()
+                    {
+                        self.udp = Some(s);
+                    }
+                }
+                Err(e) => {
+                    self.tracker_failed(h, format!("dns socket: {e}"), now);
+                    return;
+                }
+            }
+        }
+        self.dns_next_id = self.dns_next_id.wrapping_add(1);
+        let id = self.dns_next_id;
+        let Some(c) = self.trackers.get_mut(h) else {
+            return;
+        };
+        let mut q = Vec::with_capacity(64);
+        if let Err(e) = dns::build_query(id, &c.url.host, qtype, &mut q) {
+            let msg = format!("cannot resolve {}: {e}", c.url.host);
+            self.tracker_failed(h, msg, now);
+            return;
+        }
+        c.dns_id = Some(id);
+        c.dns_qtype = qtype;
+        let (Some(udp), Some(server)) = (self.udp.as_ref(), self.resolvers.first()) else {
+            return;
+        };
+        if let Err(e) = udp.send_to(&q, *server) {
+            self.tracker_failed(h, format!("dns send: {e}"), now);
+        }
+    }
+
+    fn udp_readable(&mut self, now: Instant) {
+        let mut buf = [0u8; 1500];
+        loop {
+            let Some(udp) = self.udp.as_ref() else { return };
+            let (n, from) = match udp.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            if !self.resolvers.contains(&from) {
+                continue;
+            }
+            let pkt = &buf[..n];
+            let found = self
+                .trackers
+                .iter()
+                .find(|(_, c)| {
+                    c.dns_id.is_some()
+                        && pkt.len() >= 2
+                        && c.dns_id == Some(u16::from_be_bytes([pkt[0], pkt[1]]))
+                })
+                .map(|(h, _)| h);
+            let Some(h) = found else { continue };
+            let (host, qtype, id) = {
+                let c = self.trackers.get(h).expect("found");
+                (c.url.host.clone(), c.dns_qtype, c.dns_id.unwrap_or(0))
+            };
+            match dns::parse_response(pkt, id, &host, qtype) {
+                Ok(ans) if !ans.addrs.is_empty() => {
+                    if let Some(c) = self.trackers.get_mut(h) {
+                        c.dns_id = None;
+                    }
+                    self.tracker_connect(h, ans.addrs[0], now);
+                }
+                Ok(_) if qtype == dns::QType::A => self.tracker_resolve(h, dns::QType::Aaaa, now),
+                Ok(_) => self.tracker_failed(h, format!("{host}: no address"), now),
+                Err(e) => self.tracker_failed(h, format!("{host}: {e}"), now),
+            }
+        }
+    }
+
+    fn tracker_connect(&mut self, h: Handle, ip: IpAddr, now: Instant) {
+        let Some(c) = self.trackers.get_mut(h) else {
+            return;
+        };
+        let addr = SocketAddr::new(ip, c.url.port);
+        let e = &self.torrents[c.torrent];
+        let t = &e.t;
+        let a = Announce {
+            info_hash: &t.meta.info_hash,
+            peer_id: &self.peer_id,
+            port: self.listen_port,
+            uploaded: t.uploaded,
+            downloaded: t.downloaded,
+            left: t.bytes_left(),
+            event: c.job.event,
+            numwant: if c.job.event == TrackerEvent::Stopped {
+                0
+            } else {
+                NUMWANT
+            },
+            key: u32::from_le_bytes([
+                self.peer_id[8],
+                self.peer_id[9],
+                self.peer_id[10],
+                self.peer_id[11],
+            ]),
+            tracker_id: None,
+        };
+        c.req.clear();
+        tracker::build_announce(&c.url, &a, &mut c.req);
+        c.sent = 0;
+        c.resp.clear();
+        let bind = self.opts.bind.filter(|b| b.is_ipv4() == ip.is_ipv4());
+        match net::connect(addr, bind) {
+            Ok(mut s) => {
+                if let Err(e) = self.poll.registry().register(
+                    &mut s,
+                    token(KIND_TRACKER, h),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    self.tracker_failed(h, format!("register: {e}"), now);
+                    return;
+                }
+                c.stream = Some(s);
+            }
+            Err(e) => self.tracker_failed(h, format!("connect {addr}: {e}"), now),
+        }
+    }
+
+    fn tracker_io(&mut self, h: Handle, now: Instant) {
+        let Some(c) = self.trackers.get_mut(h) else {
+            return;
+        };
+        let Some(s) = c.stream.as_mut() else { return };
+        // Write the request.
+        while c.sent < c.req.len() {
+            match s.write(&c.req[c.sent..]) {
+                Ok(n) => c.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let msg = format!("{}: {e}", c.url.host);
+                    self.tracker_failed(h, msg, now);
+                    return;
+                }
+            }
+        }
+        // Read the response until it is complete or the server closes.
+        let mut closed = false;
+        let mut buf = [0u8; 8192];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    if c.resp.len() + n > MAX_TRACKER_RESPONSE {
+                        self.tracker_failed(h, "response too large".into(), now);
+                        return;
+                    }
+                    c.resp.extend_from_slice(&buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let msg = format!("{}: {e}", c.url.host);
+                    self.tracker_failed(h, msg, now);
+                    return;
+                }
+            }
+        }
+        if c.resp.is_empty() && !closed {
+            return;
+        }
+        let resp = std::mem::take(&mut c.resp);
+        let parsed = tracker::parse_http_response(&resp, closed);
+        match parsed {
+            Ok(None) if !closed => {
+                c.resp = resp;
+            }
+            Ok(None) => self.tracker_failed(h, "truncated response".into(), now),
+            Err(e) => self.tracker_failed(h, e.to_string(), now),
+            Ok(Some(r)) => {
+                if matches!(r.status, 301 | 302 | 303 | 307 | 308) {
+                    let loc = r.location.map(str::to_string);
+                    self.tracker_redirect(h, loc, now);
+                } else if r.status != 200 {
+                    self.tracker_failed(h, format!("HTTP status {}", r.status), now);
+                } else {
+                    match tracker::parse_announce(&r.body) {
+                        Ok(a) => self.tracker_done(h, a, now),
+                        Err(e) => self.tracker_failed(h, e.to_string(), now),
+                    }
+                }
+            }
+        }
+    }
+
+    fn tracker_redirect(&mut self, h: Handle, loc: Option<String>, now: Instant) {
+        let Some(c) = self.trackers.get_mut(h) else {
+            return;
+        };
+        let Some(loc) = loc else {
+            self.tracker_failed(h, "redirect without location".into(), now);
+            return;
+        };
+        c.redirects += 1;
+        if c.redirects > tracker::MAX_REDIRECTS {
+            self.tracker_failed(h, "too many redirects".into(), now);
+            return;
+        }
+        match tracker::resolve_redirect(&c.url, &loc) {
+            Ok(u) if u.scheme == Scheme::Http => {
+                c.url = u;
+                if let Some(mut s) = c.stream.take() {
+                    let _ = self.poll.registry().deregister(&mut s);
+                }
+                self.tracker_begin(h, now);
+            }
+            Ok(_) => self.tracker_failed(h, "redirect to unsupported scheme".into(), now),
+            Err(e) => self.tracker_failed(h, e.to_string(), now),
+        }
+    }
+
+    fn tracker_done(&mut self, h: Handle, a: tracker::AnnounceResponse, now: Instant) {
+        let Some(c) = self.trackers.get(h) else {
+            return;
+        };
+        let ti = c.torrent;
+        let job = c.job.clone();
+        self.drop_tracker(h);
+        let e = &mut self.torrents[ti];
+        if let Some(f) = a.failure {
+            warn!("tracker {}: failure: {}", job.url, f);
+            eprintln!("atorrent: tracker {}: {}", job.url, f);
+            e.ann.on_failure(now, &job, f);
+            return;
+        }
+        if let Some(w) = &a.warning {
+            warn!("tracker {}: warning: {}", job.url, w);
+        }
+        info!("tracker {}: {} peers", job.url, a.peers.len());
+        let (port, bind) = (self.listen_port, self.opts.bind);
+        for addr in &a.peers {
+            if !is_self(addr, port, bind) {
+                e.t.add_candidate(*addr, now);
+            }
+        }
+        e.ann.on_success(
+            now,
+            &job,
+            a.interval,
+            a.min_interval,
+            a.warning.clone(),
+            a.peers.len(),
+            a.complete,
+            a.incomplete,
+        );
+    }
+
+    fn tracker_failed(&mut self, h: Handle, err: String, now: Instant) {
+        let Some(c) = self.trackers.get(h) else {
+            return;
+        };
+        let ti = c.torrent;
+        let job = c.job.clone();
+        self.drop_tracker(h);
+        if job.event != TrackerEvent::Stopped {
+            warn!("tracker {}: {}", job.url, err);
+            self.torrents[ti].ann.on_failure(now, &job, err);
+        }
+    }
+
+    fn drop_tracker(&mut self, h: Handle) {
+        if let Some(mut c) = self.trackers.remove(h) {
+            if let Some(mut s) = c.stream.take() {
+                let _ = self.poll.registry().deregister(&mut s);
+            }
+        }
+    }
+
+    fn tracker_timeouts(&mut self, now: Instant) {
+        let late: Vec<Handle> = self
+            .trackers
+            .iter()
+            .filter(|(_, c)| now >= c.deadline)
+            .map(|(h, _)| h)
+            .collect();
+        for h in late {
+            self.tracker_failed(h, "timed out".into(), now);
+        }
+    }
+}
+
+/// Whether a tracker-supplied address is this process (trackers list the announcer too).
+fn is_self(addr: &SocketAddr, port: u16, bind: Option<IpAddr>) -> bool {
+    addr.port() == port
+        && match bind {
+            Some(b) => addr.ip() == b,
+            None => addr.ip().is_loopback(),
+        }
+}
+
+/// Bytes in a short human unit (KiB-based, as most clients show).
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

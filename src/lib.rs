@@ -10,6 +10,7 @@
 //!   call), `create` (hashes files into a new .torrent).
 //! - 4 process setup: `cli`, `config`.
 
+pub mod announce;
 pub mod bencode;
 pub mod bitfield;
 pub mod choker;

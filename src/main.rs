@@ -1,3 +1,302 @@
-fn main() {
-    println!("atorrent {}", env!("CARGO_PKG_VERSION"));
+//! The `atorrent` binary: parse arguments, load the config, run one command.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error, 3 daemon not
+//! running (client commands). Errors go to stderr as `atorrent: <what went wrong>`.
+
+use std::io::IsTerminal;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::process::ExitCode;
+
+use atorrent::bitfield::Bitfield;
+use atorrent::cli::{self, Command, CreateArgs, DownloadArgs, Source};
+use atorrent::config::{self, Config, DirectIoMode};
+use atorrent::engine::{Engine, Options, Outcome, Progress};
+use atorrent::hash::hex;
+use atorrent::metainfo::{self, Metainfo};
+use atorrent::rng::Rng;
+use atorrent::storage::{DirectIo, Storage};
+use atorrent::torrent::{Settings, Torrent, CHUNK_LEN};
+use atorrent::{create, sys};
+
+/// Largest .torrent file read (a 100k-file torrent is a few MiB).
+const MAX_TORRENT_FILE: u64 = 64 << 20;
+
+fn main() -> ExitCode {
+    let cli = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("atorrent: {e}");
+            eprintln!("Try 'atorrent --help' for more information.");
+            return ExitCode::from(2);
+        }
+    };
+    match &cli.command {
+        Command::Help(cmd) => {
+            print!("{}", cli::help_text(cmd.as_deref()));
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("atorrent {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
+    let env = |k: &str| std::env::var(k).ok();
+    let config = match config::load_with_cli(&cli, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("atorrent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = config.log_level.to_filter();
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(level)
+        .env()
+        .init();
+
+    let result = match &cli.command {
+        Command::Info { torrent } => info(torrent, cli.json),
+        Command::Create(a) => create_torrent(a),
+        Command::Download(a) => download(a, &config, cli.quiet),
+        other => Err(format!(
+            "'{}' talks to the daemon, which is not part of this build yet",
+            command_name(other)
+        )),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("atorrent: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Daemon(_) => "daemon",
+        Command::Start(_) => "start",
+        Command::Stop { .. } => "stop",
+        Command::Resume { .. } => "resume",
+        Command::Seed { .. } => "seed",
+        Command::Remove { .. } => "remove",
+        Command::List => "list",
+        Command::Status { .. } => "status",
+        Command::Stats => "stats",
+        Command::Shutdown => "shutdown",
+        Command::Limit(_) => "limit",
+        _ => "command",
+    }
+}
+
+fn load_torrent(path: &Path) -> Result<Metainfo, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(MAX_TORRENT_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if buf.len() as u64 > MAX_TORRENT_FILE {
+        return Err(format!(
+            "{}: larger than {} MiB",
+            path.display(),
+            MAX_TORRENT_FILE >> 20
+        ));
+    }
+    let parsed = metainfo::parse(&buf).map_err(|e| format!("{}: {e}", path.display()))?;
+    for w in &parsed.warnings {
+        log::warn!("torrent {}: {}", path.display(), w);
+    }
+    Ok(parsed.meta)
+}
+
+fn info(path: &Path, json: bool) -> Result<ExitCode, String> {
+    let m = load_torrent(path)?;
+    if json {
+        let mut s = String::from("{");
+        s += &format!("\"name\":{},", json_str(&m.name));
+        s += &format!("\"info_hash\":\"{}\",", hex(&m.info_hash));
+        s += &format!("\"size\":{},", m.total_length);
+        s += &format!("\"piece_length\":{},", m.piece_length);
+        s += &format!("\"pieces\":{},", m.piece_count());
+        s += &format!("\"private\":{},", m.private);
+        s += "\"files\":[";
+        let files: Vec<String> = m
+            .files
+            .iter()
+            .filter(|f| !f.pad)
+            .map(|f| {
+                format!(
+                    "{{\"path\":{},\"length\":{}}}",
+                    json_str(&f.path.join("/")),
+                    f.length
+                )
+            })
+            .collect();
+        s += &files.join(",");
+        s += "],\"trackers\":[";
+        let tr: Vec<String> = m.trackers.iter().flatten().map(|t| json_str(t)).collect();
+        s += &tr.join(",");
+        s += "]}";
+        println!("{s}");
+    } else {
+        println!("name: {}", m.name);
+        println!("info_hash: {}", hex(&m.info_hash));
+        println!(
+            "size: {} ({})",
+            m.total_length,
+            atorrent::engine::human(m.total_length)
+        );
+        println!("piece_length: {}", m.piece_length);
+        println!("pieces: {}", m.piece_count());
+        println!("private: {}", if m.private { "yes" } else { "no" });
+        for (i, tier) in m.trackers.iter().enumerate() {
+            for t in tier {
+                println!("tracker: {} (tier {})", t, i);
+            }
+        }
+        let files: Vec<_> = m.files.iter().filter(|f| !f.pad).collect();
+        println!("files: {}", files.len());
+        for f in files {
+            println!("file: {} {}", f.length, f.path.join("/"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+fn create_torrent(a: &CreateArgs) -> Result<ExitCode, String> {
+    let opts = create::CreateOptions {
+        trackers: a.trackers.clone(),
+        piece_length: a.piece_length,
+        private: a.private,
+        comment: a.comment.clone(),
+        created_by: format!("atorrent/{}", env!("CARGO_PKG_VERSION")),
+    };
+    let bytes = create::create(&a.path, &opts).map_err(|e| e.to_string())?;
+    let parsed = metainfo::parse(&bytes).map_err(|e| e.to_string())?;
+    std::fs::write(&a.output, &bytes).map_err(|e| format!("{}: {e}", a.output.display()))?;
+    println!("{} {}", hex(&parsed.meta.info_hash), a.output.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn resolve_peer(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    // A name: resolved once at start-up, before the event loop runs.
+    s.to_socket_addrs()
+        .map_err(|e| format!("--peer {s}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--peer {s}: no address"))
+}
+
+fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, String> {
+    let meta = match &a.source {
+        Source::File(p) => load_torrent(p)?,
+        Source::Magnet(_) => {
+            return Err(
+                "magnet links need metadata exchange, which is not part of this build yet".into(),
+            )
+        }
+    };
+    let peers: Vec<SocketAddr> = a
+        .peers
+        .iter()
+        .map(|p| resolve_peer(p))
+        .collect::<Result<_, _>>()?;
+    let dir = &config.download_dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let direct = match config.direct_io {
+        DirectIoMode::Auto => DirectIo::Auto,
+        DirectIoMode::On => DirectIo::On,
+        DirectIoMode::Off => DirectIo::Off,
+    };
+    let mut storage = Storage::open(dir, &meta, direct, config.max_open_files as usize)
+        .map_err(|e| e.to_string())?;
+    let mut have = Bitfield::new(meta.piece_count());
+    let mut scratch = sys::AlignedBuf::new(CHUNK_LEN);
+    let ok = storage
+        .check_existing(&meta, &mut scratch, |p, ok| {
+            if ok {
+                have.set(p)
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    drop(scratch);
+    if ok > 0 {
+        log::info!(
+            "storage: {} of {} pieces already on disk",
+            ok,
+            meta.piece_count()
+        );
+    }
+    let progress = if quiet {
+        Progress::Quiet
+    } else if std::io::stdout().is_terminal() {
+        Progress::Tty
+    } else {
+        Progress::Lines
+    };
+    let opts = Options {
+        listen_port: config.listen_port,
+        bind: config.bind_address,
+        enable_ipv6: config.enable_ipv6,
+        max_connections: config.max_connections as usize,
+        max_half_open: config.max_half_open as usize,
+        peer_buffer_size: config.peer_buffer_size as usize,
+        seed: a.seed,
+        progress,
+    };
+    let mut engine = Engine::new(opts).map_err(|e| e.to_string())?;
+    let mut seed = [0u8; 8];
+    sys::getrandom(&mut seed).map_err(|e| e.to_string())?;
+    let mut tiers = meta.trackers.clone();
+    for t in &a.trackers {
+        tiers.push(vec![t.clone()]);
+    }
+    let mut meta = meta;
+    meta.trackers = tiers;
+    let settings = Settings {
+        upload_slots: config.upload_slots as usize,
+        max_candidates: config.max_known_peers as usize,
+        listen_port: engine.listen_port(),
+    };
+    let chunks = (config.block_buffers as usize * 16384)
+        .div_ceil(CHUNK_LEN)
+        .max(1);
+    let torrent = Torrent::new(
+        meta,
+        have,
+        Box::new(storage),
+        chunks,
+        engine.peer_id(),
+        settings,
+        Rng::new(u64::from_le_bytes(seed)),
+    )?;
+    let ti = engine.add_torrent(torrent);
+    for p in peers {
+        engine.add_peer(ti, p);
+    }
+    match engine.run() {
+        Outcome::Complete => Ok(ExitCode::SUCCESS),
+        Outcome::Interrupted => Ok(ExitCode::SUCCESS),
+        Outcome::Failed(e) => Err(e),
+    }
 }

@@ -182,6 +182,11 @@ pub trait PieceStore {
     /// Fills `out` entirely or fails; never returns bytes that are not stored.
     fn read(&mut self, offset: u64, out: &mut [u8]) -> Result<(), StorageError>;
 
+    /// Makes written data durable and gives files their final lengths (called on completion).
+    fn flush(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// SHA-1 of piece `piece`, read back in `scratch`-sized chunks.
     fn hash_piece(
         &mut self,
@@ -806,6 +811,11 @@ impl PieceStore for Storage {
 
     fn read(&mut self, offset: u64, out: &mut [u8]) -> Result<(), StorageError> {
         Storage::read(self, offset, out)
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
+        self.set_len_final()?;
+        self.sync_all()
     }
 }
 

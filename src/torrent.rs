@@ -1,1 +1,1259 @@
-//! (stub: being written)
+//! Layer 2: one torrent's swarm logic — the wire protocol conversation with each peer,
+//! piece assembly and verification, request pipelining, choking and the peer candidate list.
+//!
+//! Contract: pure. The engine hands in `now`, a peer's parsed-or-not bytes (`PeerConn::rx`)
+//! and gets bytes to send (`PeerConn::tx`). Piece data goes through the `PieceStore` trait, so
+//! the same code runs against real files (`storage::Storage`) or memory (`storage::MemStore`).
+//!
+//! Piece assembly: received blocks are copied into 256 KiB *windows* (16 blocks) of a fixed
+//! pool of aligned chunks. A complete window is written in one large, aligned write (O_DIRECT
+//! where the store allows) and hashed at once if it is next in the piece, so a piece is
+//! usually verified without reading anything back. When the pool is empty, blocks are written
+//! as they come ("spilled") and the piece is hashed by reading those windows back. A piece is
+//! never reported as had before its SHA-1 matches (BEP 3).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use log::{debug, info, warn};
+
+use crate::bencode;
+use crate::bitfield::Bitfield;
+use crate::choker::{Choker, PeerInfo};
+use crate::hash::Sha1;
+use crate::metainfo::Metainfo;
+use crate::peer::{
+    CloseReason, Outstanding, PeerConn, Phase, MAX_ALLOWED_FAST, MAX_INCOMING_REQUESTS,
+    MAX_OUTSTANDING, SNUB_TIMEOUT,
+};
+use crate::picker::{BlockRef, Picker, PieceSet, Received};
+use crate::rng::Rng;
+use crate::storage::PieceStore;
+use crate::sys::AlignedBuf;
+use crate::time::Instant;
+use crate::wire::{self, BlockRequest, Message, BLOCK_LEN};
+
+/// Blocks per assembly window: 16 × 16 KiB = 256 KiB, the write size where O_DIRECT on the
+/// test machines reaches full disk speed (16 KiB writes run at about a seventh of it).
+pub const WINDOW_BLOCKS: u32 = 16;
+pub const CHUNK_LEN: usize = (WINDOW_BLOCKS * BLOCK_LEN) as usize;
+/// Peer addresses remembered per torrent as connection candidates (from trackers, `--peer`,
+/// incoming connections). Bounded so a hostile tracker cannot grow it.
+pub const DEFAULT_MAX_CANDIDATES: usize = 500;
+/// Pieces whose data came from a peer that sent a corrupt piece; after this many the peer is
+/// dropped and not dialled again.
+pub const MAX_HASH_FAILURES: u32 = 3;
+/// Largest extended-protocol handshake we parse (BEP 10 payloads are a few hundred bytes).
+const MAX_EXT_HANDSHAKE: usize = 8192;
+/// Our extended handshake message id namespace: we advertise no extensions yet.
+const EXT_HANDSHAKE_ID: u8 = 0;
+
+/// A fixed set of `CHUNK_LEN` buffers carved from one aligned allocation.
+pub struct ChunkPool {
+    mem: AlignedBuf,
+    free: Vec<u32>,
+}
+
+impl ChunkPool {
+    pub fn new(chunks: usize) -> ChunkPool {
+        let chunks = chunks.max(1);
+        ChunkPool {
+            mem: AlignedBuf::new(chunks * CHUNK_LEN),
+            free: (0..chunks as u32).rev().collect(),
+        }
+    }
+    fn alloc(&mut self) -> Option<u32> {
+        self.free.pop()
+    }
+    fn release(&mut self, c: u32) {
+        debug_assert!(!self.free.contains(&c));
+        self.free.push(c);
+    }
+    fn get(&self, c: u32) -> &[u8] {
+        let s = c as usize * CHUNK_LEN;
+        &self.mem[s..s + CHUNK_LEN]
+    }
+    fn get_mut(&mut self, c: u32) -> &mut [u8] {
+        let s = c as usize * CHUNK_LEN;
+        &mut self.mem[s..s + CHUNK_LEN]
+    }
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+    pub fn capacity(&self) -> usize {
+        self.mem.len() / CHUNK_LEN
+    }
+}
+
+#[derive(Clone, Copy, Default)]
+struct Window {
+    chunk: Option<u32>,
+    received: u16,
+    spilled: bool,
+}
+
+struct Partial {
+    piece: u32,
+    received: Bitfield,
+    windows: Vec<Window>,
+    hashed_windows: u32,
+    sha: Sha1,
+    /// Peers that delivered blocks of this piece (for penalising corrupt data).
+    contributors: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    Checking,
+    Downloading,
+    Seeding,
+    Stopped,
+    Error(String),
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Checking => "checking",
+            State::Downloading => "downloading",
+            State::Seeding => "seeding",
+            State::Stopped => "stopped",
+            State::Error(_) => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub addr: SocketAddr,
+    pub connected: bool,
+    pub failures: u8,
+    pub next_attempt: Instant,
+    pub banned: bool,
+}
+
+/// Things the engine must act on, drained with `poll_event`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    PieceVerified(u32),
+    Completed,
+    StorageError(String),
+}
+
+pub struct Settings {
+    pub upload_slots: usize,
+    pub max_candidates: usize,
+    pub listen_port: u16,
+}
+
+pub struct Torrent {
+    pub meta: Metainfo,
+    pub picker: Picker,
+    pub have: Bitfield,
+    pub state: State,
+    pub peer_id: [u8; 20],
+    pub candidates: Vec<Candidate>,
+    pub downloaded: u64,
+    pub uploaded: u64,
+    pub wasted: u64,
+    pub hash_fails: u32,
+    pub settings: Settings,
+    store: Box<dyn PieceStore>,
+    pool: ChunkPool,
+    scratch: AlignedBuf,
+    partials: Vec<Partial>,
+    choker: Choker,
+    events: Vec<Event>,
+    /// Pieces verified since the last broadcast of `have` messages.
+    new_haves: Vec<u32>,
+    /// Blocks received while other peers still have them requested (endgame).
+    cancels: Vec<BlockRef>,
+    pick_buf: Vec<BlockRef>,
+    already_buf: Vec<BlockRef>,
+    choke_buf: Vec<(u32, bool)>,
+    info_buf: Vec<PeerInfo>,
+    pub rng: Rng,
+}
+
+/// The picker's view of a peer's pieces.
+impl PieceSet for Bitfield {
+    fn has(&self, piece: u32) -> bool {
+        self.get(piece)
+    }
+}
+
+impl Torrent {
+    pub fn new(
+        meta: Metainfo,
+        have: Bitfield,
+        store: Box<dyn PieceStore>,
+        chunks: usize,
+        peer_id: [u8; 20],
+        settings: Settings,
+        rng: Rng,
+    ) -> Result<Torrent, String> {
+        let pool = ChunkPool::new(chunks);
+        // Partials beyond the chunk count would only spill; a few extra let several slow
+        // peers work on different pieces.
+        let max_partials = pool.capacity() + 4;
+        let mut picker = Picker::new(
+            meta.piece_count(),
+            meta.piece_length,
+            meta.total_length,
+            max_partials,
+        )
+        .map_err(|e| e.to_string())?;
+        for p in have.iter_set() {
+            picker.set_have(p);
+        }
+        let state = if have.is_full() {
+            State::Seeding
+        } else {
+            State::Downloading
+        };
+        let choker = Choker::new(settings.upload_slots.max(1));
+        Ok(Torrent {
+            meta,
+            picker,
+            have,
+            state,
+            peer_id,
+            candidates: Vec::new(),
+            downloaded: 0,
+            uploaded: 0,
+            wasted: 0,
+            hash_fails: 0,
+            settings,
+            store,
+            pool,
+            scratch: AlignedBuf::new(CHUNK_LEN),
+            partials: Vec::new(),
+            choker,
+            events: Vec::new(),
+            new_haves: Vec::new(),
+            cancels: Vec::new(),
+            pick_buf: Vec::new(),
+            already_buf: Vec::new(),
+            choke_buf: Vec::new(),
+            info_buf: Vec::new(),
+            rng,
+        })
+    }
+
+    pub fn info_hash(&self) -> &[u8; 20] {
+        &self.meta.info_hash
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have.is_full()
+    }
+
+    pub fn bytes_left(&self) -> u64 {
+        let mut left = 0u64;
+        for p in self.have.iter_clear() {
+            left += self.meta.piece_len(p) as u64;
+        }
+        left
+    }
+
+    pub fn bytes_have(&self) -> u64 {
+        self.meta.total_length - self.bytes_left()
+    }
+
+    pub fn store_mut(&mut self) -> &mut dyn PieceStore {
+        self.store.as_mut()
+    }
+
+    /// Syncs written data (called at shutdown).
+    pub fn flush_storage(&mut self) {
+        if let Err(e) = self.store.flush() {
+            warn!("torrent {}: flush failed: {}", self.meta.name, e);
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        if self.events.is_empty() {
+            None
+        } else {
+            Some(self.events.remove(0))
+        }
+    }
+
+    // ----- candidates -----
+
+    /// Adds a peer address learned from a tracker, `--peer` or an incoming connection.
+    pub fn add_candidate(&mut self, addr: SocketAddr, now: Instant) {
+        if addr.port() == 0 || self.candidates.iter().any(|c| c.addr == addr) {
+            return;
+        }
+        if self.candidates.len() >= self.settings.max_candidates {
+            // Forget a failed, unconnected candidate to make room; otherwise drop the new one.
+            match self
+                .candidates
+                .iter()
+                .position(|c| !c.connected && c.failures > 0)
+            {
+                Some(i) => {
+                    self.candidates.swap_remove(i);
+                }
+                None => return,
+            }
+        }
+        self.candidates.push(Candidate {
+            addr,
+            connected: false,
+            failures: 0,
+            next_attempt: now,
+            banned: false,
+        });
+    }
+
+    /// The next candidate to dial, marking it connected.
+    pub fn next_candidate(&mut self, now: Instant) -> Option<SocketAddr> {
+        let c = self
+            .candidates
+            .iter_mut()
+            .filter(|c| !c.connected && !c.banned && c.next_attempt <= now)
+            .min_by_key(|c| (c.failures, c.next_attempt))?;
+        c.connected = true;
+        Some(c.addr)
+    }
+
+    pub fn candidate_connected(&mut self, addr: SocketAddr) {
+        if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == addr) {
+            c.connected = true;
+        }
+    }
+
+    /// A connection to `addr` ended; back off before dialling it again.
+    pub fn candidate_closed(&mut self, addr: SocketAddr, reason: &CloseReason, now: Instant) {
+        let Some(c) = self.candidates.iter_mut().find(|c| c.addr == addr) else {
+            return;
+        };
+        c.connected = false;
+        match reason {
+            CloseReason::SelfConnection | CloseReason::BadPiece => c.banned = true,
+            CloseReason::Shutdown | CloseReason::TorrentStopped | CloseReason::Duplicate => {}
+            _ => {
+                c.failures = c.failures.saturating_add(1);
+                let backoff = 5u64 << c.failures.min(6);
+                c.next_attempt = now + Duration::from_secs(backoff);
+            }
+        }
+    }
+
+    pub fn is_banned(&self, addr: &SocketAddr) -> bool {
+        self.candidates
+            .iter()
+            .any(|c| c.addr.ip() == addr.ip() && c.banned && c.addr == *addr)
+    }
+
+    // ----- connection lifecycle -----
+
+    /// Called once the remote handshake for this torrent has been accepted: sends what
+    /// follows our handshake (extended handshake, bitfield or have_all/have_none).
+    pub fn on_established(&mut self, p: &mut PeerConn, now: Instant) {
+        p.phase = Phase::Established;
+        p.have = Bitfield::new(self.meta.piece_count());
+        p.last_rx = now;
+        let count = self.have.count();
+        if p.fast && count == 0 {
+            p.push(&Message::HaveNone);
+        } else if p.fast && self.have.is_full() {
+            p.push(&Message::HaveAll);
+        } else if count > 0 && !p.push(&Message::Bitfield(self.have.as_bytes())) {
+            // Bitfield larger than the send buffer: announce pieces one by one instead.
+            let set: Vec<u32> = self.have.iter_set().collect();
+            for i in set {
+                if !p.push(&Message::Have(i)) {
+                    p.close(CloseReason::Protocol(
+                        "bitfield does not fit the send buffer".into(),
+                    ));
+                    break;
+                }
+            }
+        }
+        if p.extended {
+            let mut payload = Vec::with_capacity(96);
+            payload.push(b'd');
+            bencode::put_bytes(&mut payload, b"m");
+            payload.extend_from_slice(b"de");
+            bencode::put_kv_int(&mut payload, "p", self.settings.listen_port as i64);
+            bencode::put_kv_int(&mut payload, "reqq", MAX_INCOMING_REQUESTS as i64);
+            bencode::put_kv_bytes(
+                &mut payload,
+                "v",
+                concat!("atorrent/", env!("CARGO_PKG_VERSION")).as_bytes(),
+            );
+            payload.push(b'e');
+            p.push(&Message::Extended {
+                id: EXT_HANDSHAKE_ID,
+                payload: &payload,
+            });
+        }
+    }
+
+    /// Returns a closing peer's outstanding requests and availability to the picker.
+    pub fn on_closed(&mut self, p: &mut PeerConn, now: Instant) {
+        if p.phase == Phase::Established {
+            for o in p.outstanding.drain(..) {
+                self.picker.request_dropped(o.block);
+            }
+            if p.seed {
+                self.picker.remove_seed();
+            } else if p.have.count() > 0 {
+                self.picker.remove_peer(&p.have);
+            }
+        }
+        let reason = p.close.clone().unwrap_or(CloseReason::PeerClosed);
+        self.candidate_closed(p.addr, &reason, now);
+    }
+
+    // ----- input -----
+
+    /// Parses and handles every complete message in `p.rx`. Protocol violations set `p.close`.
+    pub fn handle_rx(&mut self, p: &mut PeerConn, now: Instant) {
+        // Take the buffer out so messages can borrow it while `p` is mutated.
+        let rx = std::mem::take(&mut p.rx);
+        let max = rx.len() as u32;
+        let mut used = 0;
+        while p.close.is_none() {
+            match wire::decode(&rx[used..p.rx_len], max) {
+                Ok(Some((msg, n))) => {
+                    used += n;
+                    p.last_rx = now;
+                    self.handle_message(p, msg, now);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    p.close(CloseReason::Protocol(e.to_string()));
+                    break;
+                }
+            }
+        }
+        p.rx = rx;
+        p.rx_consume(used);
+    }
+
+    fn handle_message(&mut self, p: &mut PeerConn, msg: Message<'_>, now: Instant) {
+        let n = self.meta.piece_count();
+        // Bitfield/have_all/have_none must come before any other piece information; extended
+        // messages, keep-alives and DHT ports may precede them (libtorrent sends extended
+        // handshakes early).
+        let first = !p.got_first_message;
+        if !matches!(
+            msg,
+            Message::Extended { .. } | Message::Port(_) | Message::KeepAlive
+        ) {
+            p.got_first_message = true;
+        }
+        match msg {
+            Message::KeepAlive => {}
+            Message::Choke => {
+                p.peer_choking = true;
+                // Requests are void after a choke (BEP 3). With the fast extension the peer
+                // rejects them explicitly, but dropping them here is safe either way: a late
+                // piece for a dropped block is still accepted if we lack it.
+                for o in p.outstanding.drain(..) {
+                    self.picker.request_dropped(o.block);
+                }
+            }
+            Message::Unchoke => {
+                p.peer_choking = false;
+                p.last_block = now;
+            }
+            Message::Interested => {
+                p.peer_interested = true;
+                if p.am_choking && self.choker.free_slot_for(now, slot_key(p)) {
+                    self.unchoke(p);
+                }
+            }
+            Message::NotInterested => p.peer_interested = false,
+            Message::Have(i) => {
+                if i >= n {
+                    p.close(CloseReason::Protocol(format!(
+                        "have index {i} out of range"
+                    )));
+                    return;
+                }
+                if !p.have.get(i) && !p.seed {
+                    p.have.set(i);
+                    self.picker.peer_has(i);
+                    if p.have.is_full() {
+                        self.picker.remove_peer(&p.have);
+                        self.picker.add_seed();
+                        p.seed = true;
+                    }
+                }
+                self.update_interest(p);
+            }
+            Message::Bitfield(bits) => {
+                if !first {
+                    p.close(CloseReason::Protocol("bitfield after first message".into()));
+                    return;
+                }
+                match Bitfield::from_bytes(bits, n) {
+                    Ok(b) => {
+                        if b.is_full() {
+                            p.seed = true;
+                            self.picker.add_seed();
+                            p.have = b;
+                        } else {
+                            p.have = b;
+                            self.picker.add_peer(&p.have);
+                        }
+                    }
+                    Err(e) => {
+                        p.close(CloseReason::Protocol(format!("bad bitfield: {e}")));
+                        return;
+                    }
+                }
+                self.update_interest(p);
+            }
+            Message::HaveAll | Message::HaveNone if !p.fast || !first => {
+                p.close(CloseReason::Protocol(
+                    "unexpected have_all/have_none".into(),
+                ));
+            }
+            Message::HaveAll => {
+                p.seed = true;
+                p.have.set_all();
+                self.picker.add_seed();
+                self.update_interest(p);
+            }
+            Message::HaveNone => {}
+            Message::Request(r) => self.on_request(p, r),
+            Message::Cancel(r) => {
+                if let Some(i) = p.incoming.iter().position(|x| *x == r) {
+                    p.incoming.remove(i);
+                    if p.fast {
+                        p.push(&Message::Reject(r));
+                    }
+                }
+            }
+            Message::Piece { index, begin, data } => self.on_piece(p, index, begin, data, now),
+            Message::Reject(r) => {
+                if !p.fast {
+                    p.close(CloseReason::Protocol(
+                        "reject without fast extension".into(),
+                    ));
+                    return;
+                }
+                if let Some(b) = self.block_of(r) {
+                    if let Some(i) = p.outstanding.iter().position(|o| o.block == b) {
+                        p.outstanding.swap_remove(i);
+                        self.picker.request_dropped(b);
+                    }
+                }
+            }
+            Message::AllowedFast(i) => {
+                if i < n && p.allowed_fast.len() < MAX_ALLOWED_FAST && !p.allowed_fast.contains(&i)
+                {
+                    p.allowed_fast.push(i);
+                }
+            }
+            Message::Suggest(i) => {
+                if i < n {
+                    self.picker.suggest(i);
+                }
+            }
+            Message::Port(_) => {}
+            Message::Extended { id, payload } => {
+                if id == EXT_HANDSHAKE_ID && payload.len() <= MAX_EXT_HANDSHAKE {
+                    if let Ok(v) = bencode::decode(payload) {
+                        if let Some(q) = v.get(b"reqq").and_then(|q| q.as_int()) {
+                            p.peer_reqq = q.clamp(1, MAX_OUTSTANDING as i64) as usize;
+                        }
+                    }
+                }
+            }
+            Message::Unknown { .. } => {}
+        }
+    }
+
+    fn block_of(&self, r: BlockRequest) -> Option<BlockRef> {
+        if r.index >= self.meta.piece_count() || r.begin % BLOCK_LEN != 0 {
+            return None;
+        }
+        let b = BlockRef {
+            piece: r.index,
+            block: r.begin / BLOCK_LEN,
+        };
+        if r.length != self.picker.block_len(b.piece, b.block) || r.length == 0 {
+            return None;
+        }
+        Some(b)
+    }
+
+    fn on_request(&mut self, p: &mut PeerConn, r: BlockRequest) {
+        let plen = self.meta.piece_len(r.index);
+        let valid = r.index < self.meta.piece_count()
+            && r.length > 0
+            && r.length <= wire::MAX_REQUEST_LEN
+            && (r.begin as u64 + r.length as u64) <= plen as u64;
+        if !valid {
+            p.close(CloseReason::Protocol(format!(
+                "bad request piece {} begin {} length {}",
+                r.index, r.begin, r.length
+            )));
+            return;
+        }
+        if !self.have.get(r.index) || (p.am_choking && !p.fast) {
+            // BEP 3: requests while choked are ignored; BEP 6 peers get an explicit reject.
+            if p.fast {
+                p.push(&Message::Reject(r));
+            }
+            return;
+        }
+        if p.am_choking {
+            p.push(&Message::Reject(r));
+            return;
+        }
+        if p.incoming.len() >= MAX_INCOMING_REQUESTS {
+            p.close(CloseReason::TooManyRequests);
+            return;
+        }
+        p.incoming.push_back(r);
+    }
+
+    fn on_piece(&mut self, p: &mut PeerConn, index: u32, begin: u32, data: &[u8], now: Instant) {
+        let Some(b) = self.block_of(BlockRequest {
+            index,
+            begin,
+            length: data.len() as u32,
+        }) else {
+            p.close(CloseReason::Protocol(format!(
+                "piece message with bad range {index}/{begin}/{}",
+                data.len()
+            )));
+            return;
+        };
+        if let Some(i) = p.outstanding.iter().position(|o| o.block == b) {
+            p.outstanding.swap_remove(i);
+        }
+        p.down.add(data.len());
+        p.last_block = now;
+        p.snubbed = false;
+        if self.have.get(index) {
+            self.wasted += data.len() as u64;
+            return;
+        }
+        match self.picker.block_received(b) {
+            Received::New => {}
+            Received::Duplicate | Received::Unexpected => {
+                self.wasted += data.len() as u64;
+                p.unexpected_blocks += 1;
+                return;
+            }
+        }
+        if self.picker.in_endgame() {
+            self.cancels.push(b);
+        }
+        self.downloaded += data.len() as u64;
+        if let Err(e) = self.store_block(p.addr, b, data) {
+            self.fail(e);
+        }
+    }
+
+    fn fail(&mut self, e: String) {
+        warn!("torrent {}: {}", self.meta.name, e);
+        self.state = State::Error(e.clone());
+        self.events.push(Event::StorageError(e));
+    }
+
+    // ----- piece assembly -----
+
+    fn partial_index(&mut self, piece: u32) -> usize {
+        if let Some(i) = self.partials.iter().position(|x| x.piece == piece) {
+            return i;
+        }
+        let blocks = self.picker.blocks_in_piece(piece);
+        let nwin = blocks.div_ceil(WINDOW_BLOCKS) as usize;
+        self.partials.push(Partial {
+            piece,
+            received: Bitfield::new(blocks),
+            windows: vec![Window::default(); nwin],
+            hashed_windows: 0,
+            sha: Sha1::new(),
+            contributors: Vec::new(),
+        });
+        self.partials.len() - 1
+    }
+
+    fn window_len(&self, piece: u32, w: u32) -> usize {
+        let plen = self.meta.piece_len(piece) as usize;
+        let start = w as usize * CHUNK_LEN;
+        (plen - start).min(CHUNK_LEN)
+    }
+
+    fn piece_offset(&self, piece: u32) -> u64 {
+        piece as u64 * self.meta.piece_length as u64
+    }
+
+    fn store_block(&mut self, from: SocketAddr, b: BlockRef, data: &[u8]) -> Result<(), String> {
+        let pi = self.partial_index(b.piece);
+        let w = b.block / WINDOW_BLOCKS;
+        let in_win = ((b.block % WINDOW_BLOCKS) * BLOCK_LEN) as usize;
+        let offset = self.piece_offset(b.piece) + b.block as u64 * BLOCK_LEN as u64;
+        {
+            let part = &mut self.partials[pi];
+            if part.received.get(b.block) {
+                return Ok(());
+            }
+            part.received.set(b.block);
+            if !part.contributors.contains(&from) && part.contributors.len() < 8 {
+                part.contributors.push(from);
+            }
+        }
+        let win = self.partials[pi].windows[w as usize];
+        let mut win = win;
+        if win.chunk.is_none() && !win.spilled {
+            match self.pool.alloc() {
+                Some(c) => win.chunk = Some(c),
+                None => win.spilled = true,
+            }
+        }
+        match win.chunk {
+            Some(c) => self.pool.get_mut(c)[in_win..in_win + data.len()].copy_from_slice(data),
+            None => self.store.write(offset, data).map_err(|e| e.to_string())?,
+        }
+        win.received += 1;
+        self.partials[pi].windows[w as usize] = win;
+
+        let wlen = self.window_len(b.piece, w);
+        let wblocks = (wlen as u32).div_ceil(BLOCK_LEN);
+        if win.received as u32 == wblocks {
+            if let Some(c) = win.chunk {
+                let woff = self.piece_offset(b.piece) + w as u64 * CHUNK_LEN as u64;
+                self.store
+                    .write(woff, &self.pool.get(c)[..wlen])
+                    .map_err(|e| e.to_string())?;
+            }
+            self.advance_hash(pi);
+        }
+        let part = &self.partials[pi];
+        if part.received.is_full() {
+            self.finish_piece(pi)?;
+        }
+        Ok(())
+    }
+
+    /// Hashes complete, in-memory windows that are next in order, releasing their chunks.
+    fn advance_hash(&mut self, pi: usize) {
+        loop {
+            let part = &self.partials[pi];
+            let w = part.hashed_windows;
+            if w as usize >= part.windows.len() {
+                return;
+            }
+            let win = part.windows[w as usize];
+            let wlen = self.window_len(part.piece, w);
+            let wblocks = (wlen as u32).div_ceil(BLOCK_LEN);
+            let (Some(c), true) = (win.chunk, win.received as u32 == wblocks) else {
+                return;
+            };
+            let part = &mut self.partials[pi];
+            part.sha.update(&self.pool.get(c)[..wlen]);
+            part.hashed_windows += 1;
+            part.windows[w as usize].chunk = None;
+            self.pool.release(c);
+        }
+    }
+
+    fn finish_piece(&mut self, pi: usize) -> Result<(), String> {
+        self.advance_hash(pi);
+        // Windows not hashed yet were spilled or arrived out of order: hash them from memory
+        // if they are still held, else read them back.
+        let piece = self.partials[pi].piece;
+        let nwin = self.partials[pi].windows.len() as u32;
+        for w in self.partials[pi].hashed_windows..nwin {
+            let wlen = self.window_len(piece, w);
+            let win = self.partials[pi].windows[w as usize];
+            match win.chunk {
+                Some(c) => {
+                    self.partials[pi].sha.update(&self.pool.get(c)[..wlen]);
+                    self.pool.release(c);
+                    self.partials[pi].windows[w as usize].chunk = None;
+                }
+                None => {
+                    let woff = self.piece_offset(piece) + w as u64 * CHUNK_LEN as u64;
+                    self.store
+                        .read(woff, &mut self.scratch[..wlen])
+                        .map_err(|e| e.to_string())?;
+                    self.partials[pi].sha.update(&self.scratch[..wlen]);
+                }
+            }
+        }
+        let part = self.partials.swap_remove(pi);
+        let digest = part.sha.finish();
+        let expected = self.meta.piece_hash(piece).copied().unwrap_or([0; 20]);
+        if digest == expected {
+            self.picker.piece_passed(piece);
+            self.have.set(piece);
+            self.new_haves.push(piece);
+            self.events.push(Event::PieceVerified(piece));
+            if self.have.is_full() {
+                info!("torrent {}: complete", self.meta.name);
+                self.state = State::Seeding;
+                if let Err(e) = self.store.flush() {
+                    return Err(e.to_string());
+                }
+                self.events.push(Event::Completed);
+            }
+        } else {
+            let plen = self.meta.piece_len(piece) as u64;
+            warn!(
+                "torrent {}: piece {} failed its hash check (from {:?})",
+                self.meta.name, piece, part.contributors
+            );
+            self.hash_fails += 1;
+            self.wasted += plen;
+            self.downloaded = self.downloaded.saturating_sub(plen);
+            self.picker.piece_failed(piece);
+            for a in &part.contributors {
+                if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == *a) {
+                    c.failures = c.failures.saturating_add(1);
+                    if part.contributors.len() == 1 || c.failures as u32 >= MAX_HASH_FAILURES {
+                        c.banned = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the peer at `addr` has been banned for corrupt data; the engine closes it.
+    pub fn should_drop(&self, addr: &SocketAddr) -> bool {
+        self.candidates.iter().any(|c| c.addr == *addr && c.banned)
+    }
+
+    // ----- output -----
+
+    fn update_interest(&mut self, p: &mut PeerConn) {
+        let interesting = !self.have.is_full() && self.picker.is_interesting(&p.have, p.seed);
+        if interesting != p.am_interested {
+            p.am_interested = interesting;
+            p.push(if interesting {
+                &Message::Interested
+            } else {
+                &Message::NotInterested
+            });
+        }
+    }
+
+    fn unchoke(&mut self, p: &mut PeerConn) {
+        if p.am_choking {
+            p.am_choking = false;
+            p.push(&Message::Unchoke);
+        }
+    }
+
+    fn choke(&mut self, p: &mut PeerConn) {
+        if !p.am_choking {
+            p.am_choking = true;
+            p.push(&Message::Choke);
+            // BEP 6: with the fast extension every pending request is rejected explicitly.
+            while let Some(r) = p.incoming.pop_front() {
+                if p.fast {
+                    p.push(&Message::Reject(r));
+                }
+            }
+        }
+    }
+
+    /// How many requests to keep in flight: enough to cover about a second of the peer's
+    /// current rate, bounded by what it says it queues (`reqq`).
+    fn queue_depth(p: &PeerConn) -> usize {
+        let by_rate = (p.down.get() / BLOCK_LEN as u64) as usize;
+        by_rate.clamp(32, MAX_OUTSTANDING).min(p.peer_reqq.max(1))
+    }
+
+    /// Fills `p.tx` with requests and with the blocks it asked for, as far as space allows.
+    pub fn fill_tx(&mut self, p: &mut PeerConn, now: Instant) {
+        if !p.is_established() || p.close.is_some() {
+            return;
+        }
+        if self.state == State::Downloading && !p.peer_choking && p.am_interested && !p.snubbed {
+            let depth = Self::queue_depth(p);
+            if p.outstanding.len() < depth {
+                let want = depth - p.outstanding.len();
+                self.pick_buf.clear();
+                self.already_buf.clear();
+                if self.picker.in_endgame() {
+                    self.already_buf
+                        .extend(p.outstanding.iter().map(|o| o.block));
+                }
+                self.picker.pick(
+                    &p.have,
+                    p.seed,
+                    want,
+                    &self.already_buf,
+                    &mut self.rng,
+                    &mut self.pick_buf,
+                );
+                for i in 0..self.pick_buf.len() {
+                    let b = self.pick_buf[i];
+                    let r = BlockRequest {
+                        index: b.piece,
+                        begin: b.block * BLOCK_LEN,
+                        length: self.picker.block_len(b.piece, b.block),
+                    };
+                    if p.push(&Message::Request(r)) {
+                        p.outstanding.push(Outstanding {
+                            block: b,
+                            sent_at: now,
+                        });
+                    } else {
+                        self.picker.request_dropped(b);
+                    }
+                }
+            }
+        }
+        // Serve requests while the block and its 13-byte header fit.
+        while !p.am_choking {
+            let Some(r) = p.incoming.front().copied() else {
+                break;
+            };
+            let need = 13 + r.length as usize;
+            if p.tx_space() < need {
+                break;
+            }
+            p.incoming.pop_front();
+            let off = self.piece_offset(r.index) + r.begin as u64;
+            let start = p.tx_len;
+            p.tx[start..start + 13]
+                .copy_from_slice(&wire::piece_header(r.index, r.begin, r.length));
+            if let Err(e) = self.store.read(off, &mut p.tx[start + 13..start + need]) {
+                warn!("torrent {}: read for upload failed: {}", self.meta.name, e);
+                if p.fast {
+                    p.push(&Message::Reject(r));
+                }
+                continue;
+            }
+            p.tx_len += need;
+            p.up.add(r.length as usize);
+            self.uploaded += r.length as u64;
+        }
+    }
+
+    /// Sends queued `have` and `cancel` messages to every peer of this torrent. Call once per
+    /// loop turn after input handling, before `fill_tx`.
+    pub fn broadcast<'a>(&mut self, peers: impl Iterator<Item = &'a mut PeerConn>) {
+        if self.new_haves.is_empty() && self.cancels.is_empty() {
+            return;
+        }
+        let complete = self.have.is_full();
+        for p in peers {
+            if !p.is_established() {
+                continue;
+            }
+            for &piece in &self.new_haves {
+                // Peers that have the piece do not need to hear of it.
+                if !p.seed && !p.have.get(piece) {
+                    p.push(&Message::Have(piece));
+                }
+            }
+            for &b in &self.cancels {
+                if let Some(i) = p.outstanding.iter().position(|o| o.block == b) {
+                    p.outstanding.swap_remove(i);
+                    p.push(&Message::Cancel(BlockRequest {
+                        index: b.piece,
+                        begin: b.block * BLOCK_LEN,
+                        length: self.picker.block_len(b.piece, b.block),
+                    }));
+                }
+            }
+            if complete && p.am_interested {
+                p.am_interested = false;
+                p.push(&Message::NotInterested);
+            }
+        }
+        self.new_haves.clear();
+        self.cancels.clear();
+    }
+
+    // ----- time -----
+
+    /// Once a second: rates, snubbing, keep-alives, interest, and (every 10 s) choking.
+    pub fn tick<'a>(
+        &mut self,
+        now: Instant,
+        elapsed: Duration,
+        peers: impl Iterator<Item = &'a mut PeerConn>,
+    ) {
+        let mut list: Vec<&mut PeerConn> = peers.filter(|p| p.is_established()).collect();
+        for p in list.iter_mut() {
+            p.down.tick(elapsed);
+            p.up.tick(elapsed);
+            if now.since(p.last_rx) > crate::peer::IDLE_TIMEOUT {
+                p.close(CloseReason::Idle);
+                continue;
+            }
+            if now.since(p.last_tx) >= crate::peer::KEEPALIVE_INTERVAL && p.tx_pending().is_empty()
+            {
+                p.push(&Message::KeepAlive);
+            }
+            if !p.outstanding.is_empty() && now.since(p.last_block) > SNUB_TIMEOUT && !p.snubbed {
+                debug!("peer {}: snubbed", p.addr);
+                p.snubbed = true;
+                for o in p.outstanding.drain(..) {
+                    self.picker.request_dropped(o.block);
+                }
+            }
+            self.update_interest(p);
+            if self.state == State::Seeding && !p.peer_interested && p.seed {
+                p.close(CloseReason::NotInteresting);
+            }
+        }
+        if now >= self.choker.poll_at() {
+            self.info_buf.clear();
+            for p in list.iter() {
+                self.info_buf.push(PeerInfo {
+                    key: slot_key(p),
+                    interested: p.peer_interested,
+                    choked: p.am_choking,
+                    down_rate: p.down.get(),
+                    up_rate: p.up.get(),
+                    snubbed: p.snubbed,
+                    connected_at: p.connected_at,
+                });
+            }
+            self.choke_buf.clear();
+            let seeding = self.state == State::Seeding;
+            self.choker.rechoke(
+                now,
+                seeding,
+                &self.info_buf,
+                &mut self.rng,
+                &mut self.choke_buf,
+            );
+            for i in 0..self.choke_buf.len() {
+                let (key, unchoke) = self.choke_buf[i];
+                if let Some(p) = list.iter_mut().find(|p| slot_key(p) == key) {
+                    if unchoke {
+                        self.unchoke(p);
+                    } else {
+                        self.choke(p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A stable key for a peer within one torrent, for the choker.
+fn slot_key(p: &PeerConn) -> u32 {
+    let h = crate::hash::sha1(p.addr.to_string().as_bytes());
+    u32::from_le_bytes([h[0], h[1], h[2], h[3]])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metainfo::FileEntry;
+    use crate::storage::MemStore;
+
+    fn meta_for(data: &[u8], piece_length: u32) -> Metainfo {
+        let mut pieces = Vec::new();
+        for c in data.chunks(piece_length as usize) {
+            pieces.extend_from_slice(&crate::hash::sha1(c));
+        }
+        Metainfo {
+            info_hash: [7; 20],
+            name: "sim".into(),
+            piece_length,
+            pieces,
+            files: vec![FileEntry {
+                path: vec!["sim".into()],
+                length: data.len() as u64,
+                offset: 0,
+                pad: false,
+            }],
+            total_length: data.len() as u64,
+            private: false,
+            trackers: vec![],
+            comment: None,
+            created_by: None,
+            creation_date: None,
+            multi_file: false,
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            upload_slots: 4,
+            max_candidates: 50,
+            listen_port: 6881,
+        }
+    }
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, n], 6881))
+    }
+
+    /// Moves bytes from `from.tx` to `to.rx` as far as `to.rx` has room.
+    fn pipe(from: &mut PeerConn, to: &mut PeerConn) -> usize {
+        let pending = from.tx_pending().len();
+        let room = to.rx.len() - to.rx_len;
+        let n = pending.min(room);
+        let start = from.tx_pos;
+        to.rx[to.rx_len..to.rx_len + n].copy_from_slice(&from.tx[start..start + n]);
+        to.rx_len += n;
+        from.tx_consumed(n);
+        n
+    }
+
+    fn pair(seed: &mut Torrent, leech: &mut Torrent, fast: bool) -> (PeerConn, PeerConn) {
+        let now = Instant::ZERO;
+        let mut a = PeerConn::with_buffers(40 * 1024);
+        let mut b = PeerConn::with_buffers(40 * 1024);
+        a.reset(addr(2), false, now);
+        b.reset(addr(1), true, now);
+        for p in [&mut a, &mut b] {
+            p.fast = fast;
+            p.extended = true;
+        }
+        seed.on_established(&mut a, now);
+        leech.on_established(&mut b, now);
+        (a, b)
+    }
+
+    /// Runs seeder and leecher against each other in memory until the leecher completes.
+    fn run_swarm(
+        data: &[u8],
+        piece_length: u32,
+        chunks: usize,
+        fast: bool,
+        corrupt: bool,
+    ) -> (Torrent, u32) {
+        let meta = meta_for(data, piece_length);
+        let n = meta.piece_count();
+        let mut seed_data = data.to_vec();
+        if corrupt {
+            // The seeder's copy of piece 1 is wrong: the leecher must notice and not keep it.
+            seed_data[piece_length as usize + 5] ^= 0xff;
+        }
+        let mut seed = Torrent::new(
+            meta.clone(),
+            Bitfield::full(n),
+            Box::new(MemStore::from_bytes(seed_data)),
+            chunks,
+            [1; 20],
+            settings(),
+            Rng::new(1),
+        )
+        .unwrap();
+        let mut leech = Torrent::new(
+            meta,
+            Bitfield::new(n),
+            Box::new(MemStore::new(data.len())),
+            chunks,
+            [2; 20],
+            settings(),
+            Rng::new(2),
+        )
+        .unwrap();
+        let (mut a, mut b) = pair(&mut seed, &mut leech, fast);
+        let mut now = Instant::ZERO;
+        let mut turns = 0;
+        while !leech.is_complete() && turns < 20_000 && a.close.is_none() && b.close.is_none() {
+            turns += 1;
+            now = now + Duration::from_millis(1);
+            pipe(&mut a, &mut b);
+            leech.handle_rx(&mut b, now);
+            pipe(&mut b, &mut a);
+            seed.handle_rx(&mut a, now);
+            seed.broadcast(std::iter::once(&mut a));
+            leech.broadcast(std::iter::once(&mut b));
+            seed.fill_tx(&mut a, now);
+            leech.fill_tx(&mut b, now);
+            if turns % 1000 == 0 {
+                seed.tick(now, Duration::from_secs(1), std::iter::once(&mut a));
+                leech.tick(now, Duration::from_secs(1), std::iter::once(&mut b));
+            }
+            if corrupt && leech.hash_fails > 0 {
+                break;
+            }
+        }
+        (leech, turns)
+    }
+
+    fn test_data(len: usize) -> Vec<u8> {
+        let mut d = vec![0u8; len];
+        Rng::new(99).fill(&mut d);
+        d
+    }
+
+    fn assert_same(t: &mut Torrent, data: &[u8]) {
+        let mut got = vec![0u8; data.len()];
+        t.store_mut().read(0, &mut got).unwrap();
+        assert!(got == data, "downloaded bytes differ");
+    }
+
+    #[test]
+    fn swarm_in_memory_completes_with_verified_bytes() {
+        let data = test_data(1_000_003);
+        let (mut leech, turns) = run_swarm(&data, 32768, 4, true, false);
+        assert!(leech.is_complete(), "incomplete after {turns} turns");
+        assert_eq!(leech.state, State::Seeding);
+        assert_same(&mut leech, &data);
+        let mut verified = 0;
+        let mut completed = false;
+        while let Some(e) = leech.poll_event() {
+            match e {
+                Event::PieceVerified(_) => verified += 1,
+                Event::Completed => completed = true,
+                Event::StorageError(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(verified, leech.meta.piece_count());
+        assert!(completed);
+    }
+
+    #[test]
+    fn swarm_spills_when_the_chunk_pool_is_tiny() {
+        // Pieces of 1 MiB span four windows; one chunk forces most windows to spill and be
+        // hashed by reading back from the store.
+        let data = test_data(3 * 1024 * 1024 + 12345);
+        let (mut leech, _) = run_swarm(&data, 1 << 20, 1, false, false);
+        assert!(leech.is_complete());
+        assert_same(&mut leech, &data);
+    }
+
+    #[test]
+    fn swarm_rejects_a_corrupt_piece() {
+        let data = test_data(200_000);
+        let (leech, _) = run_swarm(&data, 16384, 2, true, true);
+        assert!(leech.hash_fails >= 1);
+        assert!(!leech.have.get(1), "corrupt piece must not count as had");
+        assert!(leech.wasted >= 16384);
+    }
+
+    #[test]
+    fn request_out_of_range_closes_the_peer() {
+        let data = test_data(100_000);
+        let meta = meta_for(&data, 16384);
+        let mut seed = Torrent::new(
+            meta.clone(),
+            Bitfield::full(meta.piece_count()),
+            Box::new(MemStore::from_bytes(data)),
+            1,
+            [1; 20],
+            settings(),
+            Rng::new(1),
+        )
+        .unwrap();
+        let mut p = PeerConn::with_buffers(32 * 1024);
+        p.reset(addr(3), false, Instant::ZERO);
+        seed.on_established(&mut p, Instant::ZERO);
+        let bad = Message::Request(BlockRequest {
+            index: 6,
+            begin: 16384,
+            length: 16384,
+        });
+        let n = bad.encode(&mut p.rx).unwrap();
+        p.rx_len = n;
+        seed.handle_rx(&mut p, Instant::ZERO);
+        assert!(matches!(p.close, Some(CloseReason::Protocol(_))));
+    }
+}
