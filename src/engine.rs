@@ -39,6 +39,8 @@ const KIND_SIGNAL: usize = 5;
 
 /// Most bytes read from one peer per turn before the others get a go.
 const READ_BUDGET: usize = 1 << 20;
+/// Fill-and-write rounds per peer per turn (each round sends up to one buffer).
+const WRITE_ROUNDS: usize = 32;
 /// Outgoing TCP connects that take longer than this are abandoned.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Whole tracker exchange (resolve, connect, request, response).
@@ -119,6 +121,8 @@ pub struct Engine {
     peer_id: [u8; 20],
     listen_port: u16,
     shutdown: Option<Instant>,
+    /// New candidates arrived: dial them this turn rather than at the next tick.
+    connect_soon: bool,
     outcome: Option<Outcome>,
     last_tick: Instant,
     last_progress: Instant,
@@ -172,6 +176,7 @@ impl Engine {
             peer_id,
             listen_port: opts.listen_port,
             shutdown: None,
+            connect_soon: false,
             outcome: None,
             last_tick: Instant::ZERO,
             last_progress: Instant::ZERO,
@@ -279,6 +284,9 @@ impl Engine {
         let mut events = Events::with_capacity(256);
         self.started_at = self.now();
         self.report_initial_state();
+        let now = self.now();
+        self.last_tick = now;
+        self.tick(now, Duration::from_secs(1));
         loop {
             let now = self.now();
             if let Some(o) = self.check_done(now) {
@@ -513,6 +521,31 @@ impl Engine {
         self.flush_peer(h, now);
     }
 
+    /// Alternates filling `tx` (requests, uploads) and writing it until the socket is full,
+    /// nothing is left to send, or the per-turn budget is spent (then the peer is revisited
+    /// next turn without waiting for an event: writability is edge-triggered).
+    fn pump_peer(&mut self, h: Handle, now: Instant) {
+        for _ in 0..WRITE_ROUNDS {
+            let Some(p) = self.peers.get_mut(h) else { return };
+            if p.close.is_some() {
+                return;
+            }
+            if let Some(ti) = p.torrent {
+                self.torrents[ti].t.fill_tx(p, now);
+            }
+            if p.tx_pending().is_empty() {
+                return;
+            }
+            self.flush_peer(h, now);
+            let Some(p) = self.peers.get(h) else { return };
+            if !p.tx_pending().is_empty() {
+                // Socket full: the next writable event resumes.
+                return;
+            }
+        }
+        self.again.push(h);
+    }
+
     fn flush_peer(&mut self, h: Handle, now: Instant) {
         let Some(p) = self.peers.get_mut(h) else {
             return;
@@ -702,18 +735,17 @@ impl Engine {
         }
         let handles: Vec<Handle> = self.peers.iter().map(|(h, _)| h).collect();
         for h in handles {
-            if let Some(p) = self.peers.get_mut(h) {
-                if let (Some(ti), None) = (p.torrent, &p.close) {
-                    self.torrents[ti].t.fill_tx(p, now);
-                }
-            }
-            self.flush_peer(h, now);
+            self.pump_peer(h, now);
             let dead = self.peers.get(h).is_some_and(|p| p.close.is_some());
             if dead {
                 self.close_peer(h, now);
             }
         }
         self.handle_torrent_events(now);
+        if self.connect_soon && self.shutdown.is_none() {
+            self.connect_soon = false;
+            self.connect_candidates(now);
+        }
     }
 
     fn handle_torrent_events(&mut self, now: Instant) {
@@ -836,6 +868,7 @@ impl Engine {
         if let Some(e) = self.torrents.get_mut(ti) {
             e.t.add_candidate(addr, now);
         }
+        self.connect_soon = true;
     }
 
     // ----- progress -----
@@ -1205,6 +1238,7 @@ impl Engine {
             warn!("tracker {}: warning: {}", job.url, w);
         }
         info!("tracker {}: {} peers", job.url, a.peers.len());
+        self.connect_soon = true;
         let (port, bind) = (self.listen_port, self.opts.bind);
         for addr in &a.peers {
             if !is_self(addr, port, bind) {

@@ -133,7 +133,7 @@ pub struct PeerConn {
     pub reserved: [u8; 8],
     pub fast: bool,
     pub extended: bool,
-    /// Whether the first post-handshake message has arrived (bitfield is only valid first).
+    /// Whether the peer has said what it has (bitfield, have, have_all or have_none).
     pub got_first_message: bool,
 
     pub am_choking: bool,

@@ -437,13 +437,13 @@ impl Torrent {
 
     fn handle_message(&mut self, p: &mut PeerConn, msg: Message<'_>, now: Instant) {
         let n = self.meta.piece_count();
-        // Bitfield/have_all/have_none must come before any other piece information; extended
-        // messages, keep-alives and DHT ports may precede them (libtorrent sends extended
-        // handshakes early).
+        // A bitfield (or have_all/have_none) is only valid as the peer's first statement of
+        // what it has (BEP 3, BEP 6). Peers differ in what they send before it (extended
+        // handshakes, allowed_fast, interest), so only piece information counts here.
         let first = !p.got_first_message;
-        if !matches!(
+        if matches!(
             msg,
-            Message::Extended { .. } | Message::Port(_) | Message::KeepAlive
+            Message::Bitfield(_) | Message::Have(_) | Message::HaveAll | Message::HaveNone
         ) {
             p.got_first_message = true;
         }
@@ -488,9 +488,15 @@ impl Torrent {
                 self.update_interest(p);
             }
             Message::Bitfield(bits) => {
+                // BEP 3 allows a bitfield only first, but aria2 sends one again later; treat a
+                // late bitfield as a full restatement of what the peer has.
                 if !first {
-                    p.close(CloseReason::Protocol("bitfield after first message".into()));
-                    return;
+                    if p.seed {
+                        self.picker.remove_seed();
+                        p.seed = false;
+                    } else {
+                        self.picker.remove_peer(&p.have);
+                    }
                 }
                 match Bitfield::from_bytes(bits, n) {
                     Ok(b) => {
