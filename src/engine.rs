@@ -526,7 +526,9 @@ impl Engine {
     /// next turn without waiting for an event: writability is edge-triggered).
     fn pump_peer(&mut self, h: Handle, now: Instant) {
         for _ in 0..WRITE_ROUNDS {
-            let Some(p) = self.peers.get_mut(h) else { return };
+            let Some(p) = self.peers.get_mut(h) else {
+                return;
+            };
             if p.close.is_some() {
                 return;
             }
@@ -831,8 +833,10 @@ impl Engine {
             .filter(|(_, p)| p.phase == Phase::Connecting)
             .count();
         for ti in 0..self.torrents.len() {
-            if self.torrents[ti].t.is_complete() || self.torrents[ti].t.state != State::Downloading
-            {
+            if !matches!(
+                self.torrents[ti].t.state,
+                State::Downloading | State::Seeding
+            ) {
                 continue;
             }
             while half_open < self.opts.max_half_open && !self.spare.is_empty() {

@@ -79,7 +79,11 @@ fn help_lists_the_subcommands() {
     let o = at(&w, &[&"download", &"--help"]);
     assert!(o.status.success(), "stderr: {}", o.stderr);
     for word in ["--dir", "--seed", "--peer", "--direct-io", "--bind"] {
-        assert!(o.stdout.contains(word), "download --help lacks {word}: {}", o.stdout);
+        assert!(
+            o.stdout.contains(word),
+            "download --help lacks {word}: {}",
+            o.stdout
+        );
     }
 }
 
