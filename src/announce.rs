@@ -39,6 +39,17 @@ pub struct TrackerStatus {
     pub last_peers: usize,
 }
 
+/// What a tracker said in a successful announce, as far as scheduling and status go.
+#[derive(Clone, Debug, Default)]
+pub struct Reply {
+    pub interval: Option<u32>,
+    pub min_interval: Option<u32>,
+    pub warning: Option<String>,
+    pub peers: usize,
+    pub seeders: Option<u32>,
+    pub leechers: Option<u32>,
+}
+
 pub struct Announcer {
     tiers: Vec<Vec<TrackerStatus>>,
     tier: usize,
@@ -145,17 +156,15 @@ impl Announcer {
         self.tiers.get_mut(job.tier)?.get_mut(job.index)
     }
 
-    pub fn on_success(
-        &mut self,
-        now: Instant,
-        job: &Job,
-        interval: Option<u32>,
-        min_interval: Option<u32>,
-        warning: Option<String>,
-        peers: usize,
-        seeders: Option<u32>,
-        leechers: Option<u32>,
-    ) {
+    pub fn on_success(&mut self, now: Instant, job: &Job, r: Reply) {
+        let Reply {
+            interval,
+            min_interval,
+            warning,
+            peers,
+            seeders,
+            leechers,
+        } = r;
         self.in_flight = false;
         self.round_failures = 0;
         match job.event {
@@ -218,6 +227,14 @@ impl Announcer {
 mod tests {
     use super::*;
 
+    fn reply(interval: u32, peers: usize) -> Reply {
+        Reply {
+            interval: Some(interval),
+            peers,
+            ..Default::default()
+        }
+    }
+
     fn tiers() -> Vec<Vec<String>> {
         vec![
             vec!["http://a/announce".into()],
@@ -234,7 +251,7 @@ mod tests {
         assert_eq!(j.event, Event::Started);
         assert_eq!(j.url, "http://a/announce");
         assert!(a.poll(t0).is_none(), "one job in flight at a time");
-        a.on_success(t0, &j, Some(120), None, None, 3, None, None);
+        a.on_success(t0, &j, reply(120, 3));
         assert!(a.poll(t0 + Duration::from_secs(119)).is_none());
         let j2 = a.poll(t0 + Duration::from_secs(120)).unwrap();
         assert_eq!(j2.event, Event::None);
@@ -249,7 +266,7 @@ mod tests {
         a.on_failure(t0, &j, "refused".into());
         let j2 = a.poll(t0).unwrap();
         assert_eq!(j2.tier, 1);
-        a.on_success(t0, &j2, Some(60), None, None, 1, None, None);
+        a.on_success(t0, &j2, reply(60, 1));
         // The responding tracker is now first in its tier and remains the current one.
         let j3 = a.poll(t0 + Duration::from_secs(60)).unwrap();
         assert_eq!(j3.url, j2.url);
@@ -277,7 +294,7 @@ mod tests {
         let mut a = Announcer::new(&tiers(), &mut rng);
         let t0 = Instant::from_secs(1);
         let j = a.poll(t0).unwrap();
-        a.on_success(t0, &j, Some(1800), None, None, 0, None, None);
+        a.on_success(t0, &j, reply(1800, 0));
         a.completed(t0 + Duration::from_secs(5));
         let j2 = a.poll(t0 + Duration::from_secs(5)).unwrap();
         assert_eq!(j2.event, Event::Completed);

@@ -21,7 +21,7 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
-use crate::announce::{Announcer, Job};
+use crate::announce::{Announcer, Job, Reply};
 use crate::dns;
 use crate::net;
 use crate::peer::{CloseReason, PeerConn, Phase, HANDSHAKE_TIMEOUT};
@@ -375,7 +375,7 @@ impl Engine {
             }
         }
         let deadline = self.shutdown?;
-        if self.trackers.len() == 0 || now >= deadline {
+        if self.trackers.is_empty() || now >= deadline {
             for e in &mut self.torrents {
                 e.t.flush_storage();
             }
@@ -1252,12 +1252,14 @@ impl Engine {
         e.ann.on_success(
             now,
             &job,
-            a.interval,
-            a.min_interval,
-            a.warning.clone(),
-            a.peers.len(),
-            a.complete,
-            a.incomplete,
+            Reply {
+                interval: a.interval,
+                min_interval: a.min_interval,
+                warning: a.warning.clone(),
+                peers: a.peers.len(),
+                seeders: a.complete,
+                leechers: a.incomplete,
+            },
         );
     }
 

@@ -220,6 +220,62 @@ pub fn peak_rss_kib() -> Option<u64> {
     u64::try_from(i64::from(ru.ru_maxrss)).ok()
 }
 
+/// Write end of the signal self-pipe, for the handler (-1 until `signal_pipe` runs).
+static SIGNAL_WRITE_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    let fd = SIGNAL_WRITE_FD.load(std::sync::atomic::Ordering::Relaxed);
+    if fd >= 0 {
+        let b = 1u8;
+        // SAFETY: write(2) is async-signal-safe; the fd stays open for the process lifetime and
+        // is non-blocking, so a full pipe drops the byte instead of blocking the handler.
+        unsafe {
+            libc::write(fd, &b as *const u8 as *const libc::c_void, 1);
+        }
+    }
+}
+
+/// Routes SIGINT, SIGTERM and SIGHUP into a non-blocking pipe and returns its read end, which
+/// the event loop polls: no logic runs inside the handler. SIGPIPE is ignored.
+pub fn signal_pipe() -> io::Result<i32> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we pass.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    SIGNAL_WRITE_FD.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: installing a handler that only calls write(2); sigaction is zero-initialised
+        // and then filled in field by field.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    // SAFETY: setting the disposition of SIGPIPE to ignore has no memory effects.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    Ok(fds[0])
+}
+
+/// Reads and discards everything pending on a non-blocking descriptor.
+pub fn drain_fd(fd: i32) {
+    let mut buf = [0u8; 64];
+    loop {
+        // SAFETY: reading into a stack buffer of the given length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
+        if n <= 0 {
+            break;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,61 +332,5 @@ mod tests {
     fn limits_are_readable() {
         assert!(raise_nofile_limit() > 0);
         assert!(peak_rss_kib().unwrap() > 0);
-    }
-}
-
-/// Write end of the signal self-pipe, for the handler (-1 until `signal_pipe` runs).
-static SIGNAL_WRITE_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
-
-extern "C" fn on_signal(_sig: libc::c_int) {
-    let fd = SIGNAL_WRITE_FD.load(std::sync::atomic::Ordering::Relaxed);
-    if fd >= 0 {
-        let b = 1u8;
-        // SAFETY: write(2) is async-signal-safe; the fd stays open for the process lifetime and
-        // is non-blocking, so a full pipe drops the byte instead of blocking the handler.
-        unsafe {
-            libc::write(fd, &b as *const u8 as *const libc::c_void, 1);
-        }
-    }
-}
-
-/// Routes SIGINT, SIGTERM and SIGHUP into a non-blocking pipe and returns its read end, which
-/// the event loop polls: no logic runs inside the handler. SIGPIPE is ignored.
-pub fn signal_pipe() -> io::Result<i32> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into the array we pass.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    SIGNAL_WRITE_FD.store(fds[1], std::sync::atomic::Ordering::Relaxed);
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: installing a handler that only calls write(2); sigaction is zero-initialised
-        // and then filled in field by field.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut sa.sa_mask);
-            if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-    }
-    // SAFETY: setting the disposition of SIGPIPE to ignore has no memory effects.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    }
-    Ok(fds[0])
-}
-
-/// Reads and discards everything pending on a non-blocking descriptor.
-pub fn drain_fd(fd: i32) {
-    let mut buf = [0u8; 64];
-    loop {
-        // SAFETY: reading into a stack buffer of the given length.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-        if n <= 0 {
-            break;
-        }
     }
 }
