@@ -1,5 +1,6 @@
-# atorrent: the usual entry points. `make test` is what CI runs (after scripts/setup.sh,
-# which installs the peer programs the integration tests use).
+# atorrent: the usual entry points. `make test` is the README's one test command and what CI
+# runs: it installs the peer programs the integration tests use (scripts/setup.sh, a no-op when
+# they are present), checks formatting and lints, then runs every test.
 
 CARGO ?= cargo
 
@@ -10,7 +11,7 @@ all: build
 build:
 	$(CARGO) build --release
 
-test:
+test: setup lint
 	$(CARGO) test --all-targets
 
 lint:

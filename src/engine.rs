@@ -275,6 +275,10 @@ impl Engine {
         self.torrents.len() - 1
     }
 
+    pub fn all_complete(&self) -> bool {
+        self.torrents.iter().all(|e| e.t.is_complete())
+    }
+
     pub fn torrent_mut(&mut self, i: usize) -> Option<&mut Torrent> {
         self.torrents.get_mut(i).map(|e| &mut e.t)
     }

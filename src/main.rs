@@ -60,6 +60,17 @@ fn main() -> ExitCode {
         Command::Info { torrent } => info(torrent, cli.json),
         Command::Create(a) => create_torrent(a),
         Command::Download(a) => download(a, &config, cli.quiet),
+        Command::Daemon(d) if d.print_config || d.print_memory_budget => {
+            if d.print_config {
+                print!("{}", config.to_ini());
+            }
+            if d.print_memory_budget {
+                for (what, bytes) in config.memory_budget() {
+                    println!("{:>10}  {}", bytes, what);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         other => Err(format!(
             "'{}' talks to the daemon, which is not part of this build yet",
             command_name(other)
@@ -296,7 +307,9 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
     }
     match engine.run() {
         Outcome::Complete => Ok(ExitCode::SUCCESS),
-        Outcome::Interrupted => Ok(ExitCode::SUCCESS),
+        // A seeder is meant to be stopped by a signal; a download stopped early is not done.
+        Outcome::Interrupted if a.seed || engine.all_complete() => Ok(ExitCode::SUCCESS),
+        Outcome::Interrupted => Err("interrupted before the download completed".into()),
         Outcome::Failed(e) => Err(e),
     }
 }
