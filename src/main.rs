@@ -5,19 +5,20 @@
 
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use atorrent::bitfield::Bitfield;
-use atorrent::cli::{self, Command, CreateArgs, DownloadArgs, Source};
-use atorrent::config::{self, Config, DirectIoMode};
-use atorrent::engine::{Engine, Options, Outcome, Progress};
+use atorrent::cli::{self, Command, CreateArgs, DaemonArgs, DownloadArgs, Source};
+use atorrent::config::{self, Config, DirectIoMode, LogFormat};
+use atorrent::ctl::{self, Envelope, Request};
+use atorrent::engine::{run_daemon, DaemonSettings, Engine, Options, Outcome, Progress};
 use atorrent::hash::hex;
 use atorrent::metainfo::{self, Metainfo};
 use atorrent::rng::Rng;
 use atorrent::storage::{DirectIo, Storage};
 use atorrent::torrent::{Settings, Torrent, CHUNK_LEN};
-use atorrent::{create, sys};
+use atorrent::{create, logfile, sys};
 
 /// Largest .torrent file read (a 100k-file torrent is a few MiB).
 const MAX_TORRENT_FILE: u64 = 64 << 20;
@@ -51,10 +52,9 @@ fn main() -> ExitCode {
         }
     };
     let level = config.log_level.to_filter();
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(level)
-        .env()
-        .init();
+    if !matches!(cli.command, Command::Daemon(_)) || is_print_only(&cli.command) {
+        let _ = simple_logger::SimpleLogger::new().with_level(level).env().init();
+    }
 
     let result = match &cli.command {
         Command::Info { torrent } => info(torrent, cli.json),
@@ -71,10 +71,8 @@ fn main() -> ExitCode {
             }
             Ok(ExitCode::SUCCESS)
         }
-        other => Err(format!(
-            "'{}' talks to the daemon, which is not part of this build yet",
-            command_name(other)
-        )),
+        Command::Daemon(d) => daemon(d, config, cli.config.clone()),
+        other => return client(other, &config, cli.json),
     };
     match result {
         Ok(code) => code,
@@ -85,20 +83,130 @@ fn main() -> ExitCode {
     }
 }
 
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Daemon(_) => "daemon",
-        Command::Start(_) => "start",
-        Command::Stop { .. } => "stop",
-        Command::Resume { .. } => "resume",
-        Command::Seed { .. } => "seed",
-        Command::Remove { .. } => "remove",
-        Command::List => "list",
-        Command::Status { .. } => "status",
-        Command::Stats => "stats",
-        Command::Shutdown => "shutdown",
-        Command::Limit(_) => "limit",
-        _ => "command",
+fn is_print_only(c: &Command) -> bool {
+    matches!(c, Command::Daemon(d) if d.print_config || d.print_memory_budget)
+}
+
+/// `atorrent daemon`: detach if asked, log to the configured file, run the engine.
+fn daemon(d: &DaemonArgs, config: Config, config_path: Option<PathBuf>) -> Result<ExitCode, String> {
+    if d.detach {
+        sys::daemonize().map_err(|e| format!("cannot detach: {e}"))?;
+    }
+    if let Some(pid_file) = &d.pid_file {
+        std::fs::write(pid_file, format!("{}\n", std::process::id()))
+            .map_err(|e| format!("{}: {e}", pid_file.display()))?;
+    }
+    logfile::init(
+        config.log_file.as_deref(),
+        config.log_level.to_filter(),
+        config.log_format == LogFormat::Json,
+        config.log_max_size,
+        !d.detach,
+    )
+    .map_err(|e| format!("log file: {e}"))?;
+    let opts = Options {
+        listen_port: config.listen_port,
+        bind: config.bind_address,
+        enable_ipv6: config.enable_ipv6,
+        max_connections: config.max_connections as usize,
+        max_half_open: config.max_half_open as usize,
+        peer_buffer_size: config.peer_buffer_size as usize,
+        chunks: chunk_count(&config),
+        seed: true,
+        progress: Progress::Quiet,
+    };
+    let outcome = run_daemon(
+        opts,
+        DaemonSettings {
+            config,
+            config_path,
+        },
+    );
+    if let Some(pid_file) = &d.pid_file {
+        let _ = std::fs::remove_file(pid_file);
+    }
+    match outcome? {
+        Outcome::Failed(e) => Err(e),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+/// Client commands: one request over the control socket, the daemon's answer printed as is.
+fn client(cmd: &Command, config: &Config, json: bool) -> ExitCode {
+    use std::io::{Read, Write};
+    let req = match cmd {
+        Command::Start(a) => Request::Start {
+            source: match &a.source {
+                Source::File(p) => absolute(p).display().to_string(),
+                Source::Magnet(m) => m.clone(),
+            },
+            dir: a.dir.as_ref().map(|d| absolute(d).display().to_string()),
+            paused: a.paused,
+        },
+        Command::Stop { id } => Request::Stop { id: id.clone() },
+        Command::Resume { id } => Request::Resume { id: id.clone() },
+        Command::Seed { id } => Request::Seed { id: id.clone() },
+        Command::Remove { id, delete_data } => Request::Remove {
+            id: id.clone(),
+            delete_data: *delete_data,
+        },
+        Command::List => Request::List,
+        Command::Status { id } => Request::Status { id: id.clone() },
+        Command::Stats => Request::Stats,
+        Command::Shutdown => Request::Shutdown,
+        Command::Limit(l) => Request::Limit {
+            id: l.id.clone(),
+            down: l.down,
+            up: l.up,
+        },
+        _ => return ExitCode::from(2),
+    };
+    let path = &config.control_socket;
+    let mut stream = match std::os::unix::net::UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("atorrent: daemon not running ({}: {e})", path.display());
+            eprintln!("atorrent: start it with 'atorrent daemon' (and the same --config)");
+            return ExitCode::from(3);
+        }
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(30)));
+    let line = ctl::encode_request(&Envelope { json, req });
+    let mut buf = Vec::new();
+    let sent = stream.write_all(line.as_bytes());
+    let got = sent.and_then(|_| {
+        (&mut stream)
+            .take(ctl::MAX_RESPONSE as u64)
+            .read_to_end(&mut buf)
+    });
+    if let Err(e) = got {
+        eprintln!("atorrent: control socket {}: {e}", path.display());
+        return ExitCode::from(1);
+    }
+    match ctl::parse_response(&buf) {
+        Ok(r) => {
+            if r.code == 0 {
+                print!("{}", r.body);
+            } else {
+                eprint!("atorrent: {}", r.body);
+            }
+            ExitCode::from(r.code)
+        }
+        Err(e) => {
+            eprintln!("atorrent: bad answer from the daemon: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -272,6 +380,7 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
         max_connections: config.max_connections as usize,
         max_half_open: config.max_half_open as usize,
         peer_buffer_size: config.peer_buffer_size as usize,
+        chunks: chunk_count(config),
         seed: a.seed,
         progress,
     };
@@ -289,14 +398,12 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
         max_candidates: config.max_known_peers as usize,
         listen_port: engine.listen_port(),
     };
-    let chunks = (config.block_buffers as usize * 16384)
-        .div_ceil(CHUNK_LEN)
-        .max(1);
+
     let torrent = Torrent::new(
         meta,
         have,
         Box::new(storage),
-        chunks,
+        engine.chunks(),
         engine.peer_id(),
         settings,
         Rng::new(u64::from_le_bytes(seed)),
@@ -312,4 +419,9 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
         Outcome::Interrupted => Err("interrupted before the download completed".into()),
         Outcome::Failed(e) => Err(e),
     }
+}
+
+/// `block_buffers` (16 KiB each) rounded up to whole 256 KiB assembly chunks.
+fn chunk_count(config: &Config) -> usize {
+    (config.block_buffers as usize * 16384).div_ceil(CHUNK_LEN).max(1)
 }

@@ -187,6 +187,11 @@ pub trait PieceStore {
         Ok(())
     }
 
+    /// Makes written data durable without changing file lengths.
+    fn sync(&mut self) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// SHA-1 of piece `piece`, read back in `scratch`-sized chunks.
     fn hash_piece(
         &mut self,
@@ -815,6 +820,10 @@ impl PieceStore for Storage {
 
     fn flush(&mut self) -> Result<(), StorageError> {
         self.set_len_final()?;
+        self.sync_all()
+    }
+
+    fn sync(&mut self) -> Result<(), StorageError> {
         self.sync_all()
     }
 }

@@ -223,10 +223,10 @@ pub fn peak_rss_kib() -> Option<u64> {
 /// Write end of the signal self-pipe, for the handler (-1 until `signal_pipe` runs).
 static SIGNAL_WRITE_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
-extern "C" fn on_signal(_sig: libc::c_int) {
+extern "C" fn on_signal(sig: libc::c_int) {
     let fd = SIGNAL_WRITE_FD.load(std::sync::atomic::Ordering::Relaxed);
     if fd >= 0 {
-        let b = 1u8;
+        let b = sig as u8;
         // SAFETY: write(2) is async-signal-safe; the fd stays open for the process lifetime and
         // is non-blocking, so a full pipe drops the byte instead of blocking the handler.
         unsafe {
@@ -264,17 +264,27 @@ pub fn signal_pipe() -> io::Result<i32> {
     Ok(fds[0])
 }
 
-/// Reads and discards everything pending on a non-blocking descriptor.
-pub fn drain_fd(fd: i32) {
+/// Reads everything pending on the signal pipe and returns the signals seen as a bit mask
+/// (bit `n` set for signal number `n`).
+pub fn drain_signals(fd: i32) -> u64 {
     let mut buf = [0u8; 64];
+    let mut mask = 0u64;
     loop {
         // SAFETY: reading into a stack buffer of the given length.
         let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
         if n <= 0 {
             break;
         }
+        for &b in &buf[..n as usize] {
+            if b < 64 {
+                mask |= 1 << b;
+            }
+        }
     }
+    mask
 }
+
+pub const SIGHUP: i32 = libc::SIGHUP;
 
 #[cfg(test)]
 mod tests {

@@ -28,7 +28,7 @@ use crate::peer::{
 };
 use crate::picker::{BlockRef, Picker, PieceSet, Received};
 use crate::rng::Rng;
-use crate::storage::PieceStore;
+use crate::storage::{PieceStore, StorageError};
 use crate::sys::AlignedBuf;
 use crate::time::Instant;
 use crate::wire::{self, BlockRequest, Message, BLOCK_LEN};
@@ -47,6 +47,22 @@ pub const MAX_HASH_FAILURES: u32 = 3;
 const MAX_EXT_HANDSHAKE: usize = 8192;
 /// Our extended handshake message id namespace: we advertise no extensions yet.
 const EXT_HANDSHAKE_ID: u8 = 0;
+
+/// Memory shared by every torrent of an engine: the chunk pool for piece assembly and one
+/// scratch chunk for reading data back (hash checks). Allocated once at start.
+pub struct Buffers {
+    pub pool: ChunkPool,
+    pub scratch: AlignedBuf,
+}
+
+impl Buffers {
+    pub fn new(chunks: usize) -> Buffers {
+        Buffers {
+            pool: ChunkPool::new(chunks),
+            scratch: AlignedBuf::new(CHUNK_LEN),
+        }
+    }
+}
 
 /// A fixed set of `CHUNK_LEN` buffers carved from one aligned allocation.
 pub struct ChunkPool {
@@ -104,6 +120,8 @@ struct Partial {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum State {
+    /// Waiting for a download or seeding slot (daemon queueing).
+    Queued,
     Checking,
     Downloading,
     Seeding,
@@ -114,6 +132,7 @@ pub enum State {
 impl State {
     pub fn name(&self) -> &'static str {
         match self {
+            State::Queued => "queued",
             State::Checking => "checking",
             State::Downloading => "downloading",
             State::Seeding => "seeding",
@@ -159,8 +178,6 @@ pub struct Torrent {
     pub hash_fails: u32,
     pub settings: Settings,
     store: Box<dyn PieceStore>,
-    pool: ChunkPool,
-    scratch: AlignedBuf,
     partials: Vec<Partial>,
     choker: Choker,
     events: Vec<Event>,
@@ -168,6 +185,8 @@ pub struct Torrent {
     new_haves: Vec<u32>,
     /// Blocks received while other peers still have them requested (endgame).
     cancels: Vec<BlockRef>,
+    /// Peers banned since the engine last asked (`poll_banned`), to be closed at once.
+    banned: Vec<SocketAddr>,
     pick_buf: Vec<BlockRef>,
     already_buf: Vec<BlockRef>,
     choke_buf: Vec<(u32, bool)>,
@@ -192,10 +211,11 @@ impl Torrent {
         settings: Settings,
         rng: Rng,
     ) -> Result<Torrent, String> {
-        let pool = ChunkPool::new(chunks);
         // Partials beyond the chunk count would only spill; a few extra let several slow
         // peers work on different pieces.
-        let max_partials = pool.capacity() + 4;
+        // A floor of 32 keeps a few peers that never answer from holding every slot, which
+        // would leave nothing new to request from the others.
+        let max_partials = (chunks.max(1) + 4).max(32);
         let mut picker = Picker::new(
             meta.piece_count(),
             meta.piece_length,
@@ -225,13 +245,12 @@ impl Torrent {
             hash_fails: 0,
             settings,
             store,
-            pool,
-            scratch: AlignedBuf::new(CHUNK_LEN),
             partials: Vec::new(),
             choker,
             events: Vec::new(),
             new_haves: Vec::new(),
             cancels: Vec::new(),
+            banned: Vec::new(),
             pick_buf: Vec::new(),
             already_buf: Vec::new(),
             choke_buf: Vec::new(),
@@ -262,6 +281,50 @@ impl Torrent {
 
     pub fn store_mut(&mut self) -> &mut dyn PieceStore {
         self.store.as_mut()
+    }
+
+    /// Makes written data durable (before resume data claims it).
+    pub fn sync_storage(&mut self) -> Result<(), String> {
+        self.store.sync().map_err(|e| e.to_string())
+    }
+
+    /// Verifies stored pieces from `*cursor` on, up to `budget` bytes, marking the ones whose
+    /// hash matches as had. Returns true when every piece has been looked at.
+    pub fn check_step(&mut self, cursor: &mut u32, budget: u64, bufs: &mut Buffers) -> Result<bool, String> {
+        let n = self.meta.piece_count();
+        let mut spent = 0u64;
+        while *cursor < n && spent < budget {
+            let piece = *cursor;
+            *cursor += 1;
+            if self.have.get(piece) {
+                continue;
+            }
+            let len = self.meta.piece_len(piece) as u64;
+            spent += len;
+            match self.store.hash_piece(&self.meta, piece, &mut bufs.scratch) {
+                Ok(d) if Some(&d) == self.meta.piece_hash(piece) => {
+                    self.have.set(piece);
+                    self.picker.set_have(piece);
+                }
+                Ok(_) | Err(StorageError::NotPresent { .. }) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(*cursor >= n)
+    }
+
+    /// Forgets all partly assembled pieces, returning their chunks (torrent stopped).
+    pub fn release_partials(&mut self, bufs: &mut Buffers) {
+        for part in self.partials.drain(..) {
+            for w in &part.windows {
+                if let Some(c) = w.chunk {
+                    bufs.pool.release(c);
+                }
+            }
+            self.picker.abandon(part.piece);
+        }
+        self.new_haves.clear();
+        self.cancels.clear();
     }
 
     /// Syncs written data (called at shutdown).
@@ -405,6 +468,7 @@ impl Torrent {
                 self.picker.remove_peer(&p.have);
             }
         }
+        self.choker.remove_peer(slot_key(p));
         let reason = p.close.clone().unwrap_or(CloseReason::PeerClosed);
         self.candidate_closed(p.addr, &reason, now);
     }
@@ -412,7 +476,7 @@ impl Torrent {
     // ----- input -----
 
     /// Parses and handles every complete message in `p.rx`. Protocol violations set `p.close`.
-    pub fn handle_rx(&mut self, p: &mut PeerConn, now: Instant) {
+    pub fn handle_rx(&mut self, p: &mut PeerConn, now: Instant, bufs: &mut Buffers) {
         // Take the buffer out so messages can borrow it while `p` is mutated.
         let rx = std::mem::take(&mut p.rx);
         let max = rx.len() as u32;
@@ -422,7 +486,7 @@ impl Torrent {
                 Ok(Some((msg, n))) => {
                     used += n;
                     p.last_rx = now;
-                    self.handle_message(p, msg, now);
+                    self.handle_message(p, msg, now, bufs);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -435,7 +499,7 @@ impl Torrent {
         p.rx_consume(used);
     }
 
-    fn handle_message(&mut self, p: &mut PeerConn, msg: Message<'_>, now: Instant) {
+    fn handle_message(&mut self, p: &mut PeerConn, msg: Message<'_>, now: Instant, bufs: &mut Buffers) {
         let n = self.meta.piece_count();
         // A bitfield (or have_all/have_none) is only valid as the peer's first statement of
         // what it has (BEP 3, BEP 6). Peers differ in what they send before it (extended
@@ -537,7 +601,7 @@ impl Torrent {
                     }
                 }
             }
-            Message::Piece { index, begin, data } => self.on_piece(p, index, begin, data, now),
+            Message::Piece { index, begin, data } => self.on_piece(p, index, begin, data, now, bufs),
             Message::Reject(r) => {
                 if !p.fast {
                     p.close(CloseReason::Protocol(
@@ -622,7 +686,15 @@ impl Torrent {
         p.incoming.push_back(r);
     }
 
-    fn on_piece(&mut self, p: &mut PeerConn, index: u32, begin: u32, data: &[u8], now: Instant) {
+    fn on_piece(
+        &mut self,
+        p: &mut PeerConn,
+        index: u32,
+        begin: u32,
+        data: &[u8],
+        now: Instant,
+        bufs: &mut Buffers,
+    ) {
         let Some(b) = self.block_of(BlockRequest {
             index,
             begin,
@@ -656,7 +728,7 @@ impl Torrent {
             self.cancels.push(b);
         }
         self.downloaded += data.len() as u64;
-        if let Err(e) = self.store_block(p.addr, b, data) {
+        if let Err(e) = self.store_block(p.addr, b, data, bufs) {
             self.fail(e);
         }
     }
@@ -696,7 +768,13 @@ impl Torrent {
         piece as u64 * self.meta.piece_length as u64
     }
 
-    fn store_block(&mut self, from: SocketAddr, b: BlockRef, data: &[u8]) -> Result<(), String> {
+    fn store_block(
+        &mut self,
+        from: SocketAddr,
+        b: BlockRef,
+        data: &[u8],
+        bufs: &mut Buffers,
+    ) -> Result<(), String> {
         let pi = self.partial_index(b.piece);
         let w = b.block / WINDOW_BLOCKS;
         let in_win = ((b.block % WINDOW_BLOCKS) * BLOCK_LEN) as usize;
@@ -714,13 +792,13 @@ impl Torrent {
         let win = self.partials[pi].windows[w as usize];
         let mut win = win;
         if win.chunk.is_none() && !win.spilled {
-            match self.pool.alloc() {
+            match bufs.pool.alloc() {
                 Some(c) => win.chunk = Some(c),
                 None => win.spilled = true,
             }
         }
         match win.chunk {
-            Some(c) => self.pool.get_mut(c)[in_win..in_win + data.len()].copy_from_slice(data),
+            Some(c) => bufs.pool.get_mut(c)[in_win..in_win + data.len()].copy_from_slice(data),
             None => self.store.write(offset, data).map_err(|e| e.to_string())?,
         }
         win.received += 1;
@@ -732,20 +810,20 @@ impl Torrent {
             if let Some(c) = win.chunk {
                 let woff = self.piece_offset(b.piece) + w as u64 * CHUNK_LEN as u64;
                 self.store
-                    .write(woff, &self.pool.get(c)[..wlen])
+                    .write(woff, &bufs.pool.get(c)[..wlen])
                     .map_err(|e| e.to_string())?;
             }
-            self.advance_hash(pi);
+            self.advance_hash(pi, bufs);
         }
         let part = &self.partials[pi];
         if part.received.is_full() {
-            self.finish_piece(pi)?;
+            self.finish_piece(pi, bufs)?;
         }
         Ok(())
     }
 
     /// Hashes complete, in-memory windows that are next in order, releasing their chunks.
-    fn advance_hash(&mut self, pi: usize) {
+    fn advance_hash(&mut self, pi: usize, bufs: &mut Buffers) {
         loop {
             let part = &self.partials[pi];
             let w = part.hashed_windows;
@@ -759,15 +837,15 @@ impl Torrent {
                 return;
             };
             let part = &mut self.partials[pi];
-            part.sha.update(&self.pool.get(c)[..wlen]);
+            part.sha.update(&bufs.pool.get(c)[..wlen]);
             part.hashed_windows += 1;
             part.windows[w as usize].chunk = None;
-            self.pool.release(c);
+            bufs.pool.release(c);
         }
     }
 
-    fn finish_piece(&mut self, pi: usize) -> Result<(), String> {
-        self.advance_hash(pi);
+    fn finish_piece(&mut self, pi: usize, bufs: &mut Buffers) -> Result<(), String> {
+        self.advance_hash(pi, bufs);
         // Windows not hashed yet were spilled or arrived out of order: hash them from memory
         // if they are still held, else read them back.
         let piece = self.partials[pi].piece;
@@ -777,16 +855,16 @@ impl Torrent {
             let win = self.partials[pi].windows[w as usize];
             match win.chunk {
                 Some(c) => {
-                    self.partials[pi].sha.update(&self.pool.get(c)[..wlen]);
-                    self.pool.release(c);
+                    self.partials[pi].sha.update(&bufs.pool.get(c)[..wlen]);
+                    bufs.pool.release(c);
                     self.partials[pi].windows[w as usize].chunk = None;
                 }
                 None => {
                     let woff = self.piece_offset(piece) + w as u64 * CHUNK_LEN as u64;
                     self.store
-                        .read(woff, &mut self.scratch[..wlen])
+                        .read(woff, &mut bufs.scratch[..wlen])
                         .map_err(|e| e.to_string())?;
-                    self.partials[pi].sha.update(&self.scratch[..wlen]);
+                    self.partials[pi].sha.update(&bufs.scratch[..wlen]);
                 }
             }
         }
@@ -819,13 +897,19 @@ impl Torrent {
             for a in &part.contributors {
                 if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == *a) {
                     c.failures = c.failures.saturating_add(1);
-                    if part.contributors.len() == 1 || c.failures as u32 >= MAX_HASH_FAILURES {
+                    if (part.contributors.len() == 1 || c.failures as u32 >= MAX_HASH_FAILURES) && !c.banned {
                         c.banned = true;
+                        self.banned.push(*a);
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// A peer banned for corrupt data since the last call; the engine closes its connection.
+    pub fn poll_banned(&mut self) -> Option<SocketAddr> {
+        self.banned.pop()
     }
 
     /// Whether the peer at `addr` has been banned for corrupt data; the engine closes it.

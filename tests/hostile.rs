@@ -852,9 +852,6 @@ fn downloader_completes_beside_a_seeder_that_never_answers() {
 /// Smart ban must bound the damage by count, not by time: once a peer is banned for a corrupt
 /// piece it must get no more requests and be closed before the next piece fails.
 #[test]
-#[ignore = "bug: a banned peer is only closed by the once-a-second Engine::tick should_drop \
-            check and keeps being sent requests meanwhile; on loopback that is thousands of \
-            failed pieces"]
 fn downloader_bounds_the_corrupt_pieces_it_accepts_from_a_banned_peer() {
     let (_w, mut p, hostile, _) =
         download_beside_hostile_seeder("hostile_corrupt_bound", Mode::Garbage);
@@ -870,9 +867,6 @@ fn downloader_bounds_the_corrupt_pieces_it_accepts_from_a_banned_peer() {
 /// A peer that unchokes and then never answers must not stall the honest peers: its requests
 /// must not pin every partial-piece slot until the 30 s snub timeout.
 #[test]
-#[ignore = "bug: the silent peer's first requests fill all max_partials (pool chunks + 4 = 8) \
-            partial slots, so the picker gives the honest seeder nothing and the download \
-            stalls until SNUB_TIMEOUT (30 s)"]
 fn downloader_does_not_stall_behind_a_seeder_that_never_answers() {
     let (_w, _p, _hostile, took) =
         download_beside_hostile_seeder("hostile_silent_stall", Mode::Silent);
@@ -889,8 +883,6 @@ fn downloader_does_not_stall_behind_a_seeder_that_never_answers() {
 /// disconnect must give the slot back; otherwise four such peers lock every newcomer out until
 /// the next 10 s rechoke, again and again.
 #[test]
-#[ignore = "bug: Torrent::on_closed never calls Choker::remove_peer, so a closed peer keeps its \
-            unchoke slot until the next rechoke (up to 10 s)"]
 fn seeder_frees_the_unchoke_slot_of_a_closed_peer() {
     let s = Seeded::start("hostile_slot_leak");
     // Two rounds: a rechoke landing in the first round's window cannot also land in the second.

@@ -27,15 +27,20 @@ use crate::net;
 use crate::peer::{CloseReason, PeerConn, Phase, HANDSHAKE_TIMEOUT};
 use crate::pool::{Handle, Slots};
 use crate::time::Instant;
-use crate::torrent::{Event as TorrentEvent, State, Torrent};
+use crate::torrent::{Buffers, Event as TorrentEvent, State, Torrent};
 use crate::tracker::{self, Announce, Event as TrackerEvent, Scheme, Url};
 use crate::wire::{self, Handshake};
+
+mod daemon;
+pub use daemon::{run_daemon, DaemonSettings};
 
 const KIND_LISTENER: usize = 1;
 const KIND_PEER: usize = 2;
 const KIND_TRACKER: usize = 3;
 const KIND_UDP: usize = 4;
 const KIND_SIGNAL: usize = 5;
+const KIND_CTL_LISTENER: usize = 6;
+const KIND_CTL: usize = 7;
 
 /// Most bytes read from one peer per turn before the others get a go.
 const READ_BUDGET: usize = 1 << 20;
@@ -70,6 +75,8 @@ pub struct Options {
     pub max_connections: usize,
     pub max_half_open: usize,
     pub peer_buffer_size: usize,
+    /// 256 KiB assembly chunks shared by all torrents.
+    pub chunks: usize,
     /// Keep running and seeding once complete.
     pub seed: bool,
     pub progress: Progress,
@@ -97,9 +104,24 @@ struct TrackerConn {
 }
 
 struct Entry {
+    /// Stable small integer shown to users (daemon); 1 in `download`.
+    id: u32,
     t: Torrent,
     ann: Announcer,
     finished_reported: bool,
+    dir: std::path::PathBuf,
+    added_at: u64,
+    completed_at: Option<u64>,
+    /// Resume data is out of date.
+    dirty: bool,
+    last_saved: Instant,
+    /// Next piece to verify while `t.state == Checking`.
+    check_cursor: u32,
+    /// Go to `Stopped` instead of `Queued` when checking ends (`start --paused`).
+    paused: bool,
+    /// Bytes counted in earlier sessions (from resume data), for status and ratio.
+    base_downloaded: u64,
+    base_uploaded: u64,
 }
 
 pub struct Engine {
@@ -118,6 +140,8 @@ pub struct Engine {
     resolvers: Vec<SocketAddr>,
     dns_next_id: u16,
     torrents: Vec<Entry>,
+    bufs: Buffers,
+    daemon: Option<daemon::DaemonState>,
     peer_id: [u8; 20],
     listen_port: u16,
     shutdown: Option<Instant>,
@@ -173,6 +197,8 @@ impl Engine {
             resolvers: Vec::new(),
             dns_next_id: (rng.next_u32() & 0xffff) as u16,
             torrents: Vec::new(),
+            bufs: Buffers::new(opts.chunks),
+            daemon: None,
             peer_id,
             listen_port: opts.listen_port,
             shutdown: None,
@@ -266,13 +292,32 @@ impl Engine {
     }
 
     pub fn add_torrent(&mut self, t: Torrent) -> usize {
+        self.push_entry(t, 1, std::path::PathBuf::new())
+    }
+
+    fn push_entry(&mut self, t: Torrent, id: u32, dir: std::path::PathBuf) -> usize {
         let ann = Announcer::new(&t.meta.trackers, &mut self.rng);
         self.torrents.push(Entry {
+            id,
             t,
             ann,
             finished_reported: false,
+            dir,
+            added_at: daemon::unix_now(),
+            completed_at: None,
+            dirty: false,
+            last_saved: Instant::ZERO,
+            check_cursor: 0,
+            paused: false,
+            base_downloaded: 0,
+            base_uploaded: 0,
         });
         self.torrents.len() - 1
+    }
+
+    /// Chunk count of the shared pool (torrents size their partial-piece tables from it).
+    pub fn chunks(&self) -> usize {
+        self.bufs.pool.capacity()
     }
 
     pub fn all_complete(&self) -> bool {
@@ -298,7 +343,8 @@ impl Engine {
                 return o;
             }
             let next_tick = self.last_tick + Duration::from_secs(1);
-            let timeout = if !self.again.is_empty() {
+            let checking = self.shutdown.is_none() && self.check_torrents();
+            let timeout = if !self.again.is_empty() || checking {
                 Duration::ZERO
             } else {
                 next_tick.since(now).min(Duration::from_millis(1000))
@@ -331,6 +377,8 @@ impl Engine {
                     }
                     KIND_UDP => self.udp_readable(now),
                     KIND_SIGNAL => self.on_signal(now),
+                    KIND_CTL_LISTENER => self.ctl_accept(now),
+                    KIND_CTL => self.ctl_io(Handle { index, gen }, now),
                     _ => {}
                 }
             }
@@ -364,13 +412,14 @@ impl Engine {
     }
 
     fn check_done(&mut self, now: Instant) -> Option<Outcome> {
-        if self.outcome.is_none() && !self.opts.seed && !self.torrents.is_empty() {
+        let daemon = self.daemon.is_some();
+        if !daemon && self.outcome.is_none() && !self.opts.seed && !self.torrents.is_empty() {
             let all = self.torrents.iter().all(|e| e.t.is_complete());
             if all {
                 self.begin_shutdown(now, Outcome::Complete);
             }
         }
-        if self.outcome.is_none() {
+        if !daemon && self.outcome.is_none() {
             if let Some(e) = self.torrents.iter().find_map(|e| match &e.t.state {
                 State::Error(s) => Some(s.clone()),
                 _ => None,
@@ -414,8 +463,12 @@ impl Engine {
     }
 
     fn on_signal(&mut self, now: Instant) {
-        if let Some(fd) = self.signal_fd {
-            crate::sys::drain_fd(fd);
+        let mask = self.signal_fd.map_or(0, crate::sys::drain_signals);
+        if mask & (1 << crate::sys::SIGHUP) != 0 {
+            self.reload_config();
+        }
+        if mask & !(1 << crate::sys::SIGHUP) == 0 {
+            return;
         }
         if self.shutdown.is_none() {
             self.begin_shutdown(now, Outcome::Interrupted);
@@ -659,7 +712,8 @@ impl Engine {
                         ti
                     }
                     None => match self.torrents.iter().position(|e| {
-                        e.t.meta.info_hash == hs.info_hash && e.t.state != State::Stopped
+                        e.t.meta.info_hash == hs.info_hash
+                            && matches!(e.t.state, State::Downloading | State::Seeding)
                     }) {
                         Some(ti) => {
                             let reply = Handshake {
@@ -708,7 +762,7 @@ impl Engine {
             return;
         };
         if let (Phase::Established, Some(ti)) = (p.phase, p.torrent) {
-            self.torrents[ti].t.handle_rx(p, now);
+            self.torrents[ti].t.handle_rx(p, now, &mut self.bufs);
         }
     }
 
@@ -756,9 +810,27 @@ impl Engine {
 
     fn handle_torrent_events(&mut self, now: Instant) {
         for i in 0..self.torrents.len() {
+            while let Some(addr) = self.torrents[i].t.poll_banned() {
+                let hs: Vec<Handle> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.torrent == Some(i) && p.addr == addr)
+                    .map(|(h, _)| h)
+                    .collect();
+                for h in hs {
+                    if let Some(p) = self.peers.get_mut(h) {
+                        p.close(CloseReason::BadPiece);
+                    }
+                    self.close_peer(h, now);
+                }
+            }
             while let Some(ev) = self.torrents[i].t.poll_event() {
                 match ev {
-                    TorrentEvent::PieceVerified(_) => {}
+                    TorrentEvent::PieceVerified(_) => self.torrents[i].dirty = true,
+                    TorrentEvent::Completed if self.daemon.is_some() => {
+                        self.torrents[i].ann.completed(now);
+                        self.on_completed(i);
+                    }
                     TorrentEvent::Completed => {
                         let e = &mut self.torrents[i];
                         e.ann.completed(now);
@@ -826,6 +898,7 @@ impl Engine {
             self.announce(now);
         }
         self.tracker_timeouts(now);
+        self.daemon_tick(now);
         self.after_io(now);
         self.print_progress(now, false);
     }
@@ -939,6 +1012,9 @@ impl Engine {
         for ti in 0..self.torrents.len() {
             if self.trackers.len() >= MAX_TRACKER_CONNS {
                 return;
+            }
+            if !matches!(self.torrents[ti].t.state, State::Downloading | State::Seeding) {
+                continue;
             }
             if let Some(job) = self.torrents[ti].ann.poll(now) {
                 self.start_tracker(ti, job, now);

@@ -1,0 +1,896 @@
+//! The daemon half of the engine: the control socket, the torrent lifecycle (add, check,
+//! queue, stop, resume, seed, remove), persistence of resume data and statistics, the watch
+//! directory and configuration reload.
+//!
+//! Same rules as the rest of the engine: one thread, no blocking beyond local file I/O, every
+//! table bounded. The control protocol itself (request and response bytes, text and JSON
+//! formatting) is the pure `ctl` module; this file only moves its bytes and acts on requests.
+//!
+//! Persistence: resume data is written at most once a minute per torrent and at shutdown,
+//! always after the data files were synced, with `state::atomic_write` (temp file, fsync,
+//! rename, directory fsync). A torrent whose resume data is missing or damaged is re-checked;
+//! unverified bytes are never trusted.
+
+use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::{info, warn};
+use mio::net::{UnixListener, UnixStream};
+use mio::{Interest, Token};
+
+use super::{Engine, Entry, Options, Outcome, KIND_CTL, KIND_CTL_LISTENER};
+use crate::bitfield::Bitfield;
+use crate::config::{self, Config, DirectIoMode};
+use crate::ctl::{self, Envelope, Request, Response, StatsView, TorrentView, TrackerView};
+use crate::metainfo;
+use crate::pool::{Handle, Slots};
+use crate::rng::Rng;
+use crate::state::{self, Resume, StateDir, Stats};
+use crate::storage::{DirectIo, Storage};
+use crate::time::Instant;
+use crate::torrent::{Settings, State, Torrent};
+
+/// Control connections served at once; more wait in the kernel's accept queue.
+const MAX_CTL_CONNS: usize = 8;
+/// A control client that has not sent its request in this time is dropped.
+const CTL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest .torrent accepted through `start` or the watch directory.
+const MAX_TORRENT_FILE: u64 = 64 << 20;
+/// Most torrents one daemon manages (IDs, resume files and tables are sized by it).
+pub const MAX_TORRENTS: usize = 10_000;
+/// Resume data is rewritten at most this often per torrent (flash wear).
+const RESUME_INTERVAL: Duration = Duration::from_secs(60);
+const STATS_INTERVAL: Duration = Duration::from_secs(60);
+const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+/// Bytes verified per loop turn while checking, so the control socket stays responsive.
+pub(super) const CHECK_BUDGET: u64 = 4 << 20;
+
+/// Everything `run_daemon` needs besides the engine options.
+pub struct DaemonSettings {
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+}
+
+pub(super) struct CtlConn {
+    stream: UnixStream,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    sent: usize,
+    deadline: Instant,
+}
+
+pub(super) struct DaemonState {
+    listener: UnixListener,
+    socket_path: PathBuf,
+    conns: Slots<CtlConn>,
+    state: StateDir,
+    _lock: std::fs::File,
+    pub(super) config: Config,
+    config_path: Option<PathBuf>,
+    next_id: u32,
+    stats: Stats,
+    session_base: (u64, u64),
+    started_at: Instant,
+    last_stats: Instant,
+    last_watch: Instant,
+    uid: u32,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn direct_io(mode: DirectIoMode) -> DirectIo {
+    match mode {
+        DirectIoMode::Auto => DirectIo::Auto,
+        DirectIoMode::On => DirectIo::On,
+        DirectIoMode::Off => DirectIo::Off,
+    }
+}
+
+/// Runs the daemon until `shutdown` or a signal. The caller has set up logging and, for
+/// `--detach`, forked already.
+pub fn run_daemon(opts: Options, settings: DaemonSettings) -> Result<Outcome, String> {
+    let config = settings.config;
+    let state = StateDir::new(&config.state_dir)
+        .map_err(|e| format!("state directory {}: {e}", config.state_dir.display()))?;
+    let lock = state.lock().map_err(|e| e.to_string())?;
+    let socket_path = config.control_socket.clone();
+    // We hold the lock, so a socket file left behind is stale.
+    let _ = std::fs::remove_file(&socket_path);
+    if let Some(parent) = socket_path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let mut listener =
+        UnixListener::bind(&socket_path).map_err(|e| format!("control socket {}: {e}", socket_path.display()))?;
+    std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("control socket {}: {e}", socket_path.display()))?;
+    let mut engine = Engine::new(opts).map_err(|e| e.to_string())?;
+    engine
+        .poll
+        .registry()
+        .register(&mut listener, Token(KIND_CTL_LISTENER << 28), Interest::READABLE)
+        .map_err(|e| e.to_string())?;
+    let stats = state::load_stats(&config.stats_file);
+    let now = engine.now();
+    engine.daemon = Some(DaemonState {
+        listener,
+        socket_path: socket_path.clone(),
+        conns: Slots::with_capacity(MAX_CTL_CONNS),
+        state,
+        _lock: lock,
+        config,
+        config_path: settings.config_path,
+        next_id: 1,
+        stats,
+        session_base: (0, 0),
+        started_at: now,
+        last_stats: now,
+        last_watch: now,
+        uid: crate::sys::getuid(),
+    });
+    engine.load_saved_torrents();
+    info!("daemon: control socket {}", socket_path.display());
+    let outcome = engine.run();
+    engine.save_all(true);
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(outcome)
+}
+
+impl Engine {
+    fn daemon_config(&self) -> Option<&Config> {
+        self.daemon.as_ref().map(|d| &d.config)
+    }
+
+    /// Re-adds the torrents saved in the state directory, trusting resume data only when it
+    /// is intact and matches the torrent.
+    fn load_saved_torrents(&mut self) {
+        let Some(d) = self.daemon.as_mut() else { return };
+        let saved = d.state.load_all();
+        let mut entries = Vec::new();
+        for (bytes, resume, path) in saved {
+            match metainfo::parse(&bytes) {
+                Ok(p) => entries.push((p.meta, resume.ok(), path)),
+                Err(e) => warn!("daemon: {}: {e}; ignored", path.display()),
+            }
+        }
+        entries.sort_by_key(|(_, r, _)| r.as_ref().map_or(u32::MAX, |r| r.id));
+        for (meta, resume, path) in entries {
+            let resume = resume.filter(|r| r.info_hash == meta.info_hash && r.pieces == meta.piece_count());
+            if let Err(e) = self.add_meta(meta, None, false, resume) {
+                warn!("daemon: {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Adds a torrent (from `start`, the watch directory or the state directory).
+    fn add_meta(
+        &mut self,
+        meta: metainfo::Metainfo,
+        dir: Option<PathBuf>,
+        paused: bool,
+        resume: Option<Resume>,
+    ) -> Result<u32, String> {
+        let d = self.daemon.as_ref().ok_or("not a daemon")?;
+        if let Some(e) = self.torrents.iter().find(|e| e.t.meta.info_hash == meta.info_hash) {
+            return Err(format!("torrent already added as ID {}", e.id));
+        }
+        if self.torrents.len() >= MAX_TORRENTS {
+            return Err(format!("too many torrents (limit {MAX_TORRENTS})"));
+        }
+        let dir = resume
+            .as_ref()
+            .map(|r| r.dir.clone())
+            .or(dir)
+            .unwrap_or_else(|| d.config.download_dir.clone());
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let storage = Storage::open(
+            &dir,
+            &meta,
+            direct_io(d.config.direct_io),
+            d.config.max_open_files as usize,
+        )
+        .map_err(|e| e.to_string())?;
+        let n = meta.piece_count();
+        let have = resume
+            .as_ref()
+            .and_then(|r| Bitfield::from_bytes(&r.have, n).ok())
+            .unwrap_or_else(|| Bitfield::new(n));
+        let trusted = resume.is_some();
+        let id = match &resume {
+            Some(r) if !self.torrents.iter().any(|e| e.id == r.id) && r.id > 0 => r.id,
+            _ => d.next_id,
+        };
+        let settings = Settings {
+            upload_slots: d.config.upload_slots as usize,
+            max_candidates: d.config.max_known_peers as usize,
+            listen_port: self.listen_port,
+        };
+        let seed = self.rng.next_u64();
+        let t = Torrent::new(
+            meta,
+            have,
+            Box::new(storage),
+            self.bufs.pool.capacity(),
+            self.peer_id,
+            settings,
+            Rng::new(seed),
+        )?;
+        let i = self.push_entry(t, id, dir);
+        let e = &mut self.torrents[i];
+        if let Some(r) = &resume {
+            e.added_at = r.added_at;
+            e.completed_at = r.completed_at;
+            e.base_downloaded = r.downloaded;
+            e.base_uploaded = r.uploaded;
+            e.finished_reported = e.t.is_complete();
+        }
+        e.paused = paused || resume.as_ref().is_some_and(|r| r.stopped);
+        if trusted {
+            e.t.state = if e.paused { State::Stopped } else { State::Queued };
+        } else {
+            e.t.state = State::Checking;
+            e.check_cursor = 0;
+            e.dirty = true;
+        }
+        if let Some(d) = self.daemon.as_mut() {
+            d.next_id = d.next_id.max(id + 1);
+        }
+        self.schedule();
+        Ok(id)
+    }
+
+    // ----- lifecycle -----
+
+    /// One turn of hash checking (bounded), for torrents in `Checking`.
+    pub(super) fn check_torrents(&mut self) -> bool {
+        let Some(i) = self.torrents.iter().position(|e| e.t.state == State::Checking) else {
+            return false;
+        };
+        let e = &mut self.torrents[i];
+        let mut cursor = e.check_cursor;
+        let r = e.t.check_step(&mut cursor, CHECK_BUDGET, &mut self.bufs);
+        e.check_cursor = cursor;
+        match r {
+            Ok(true) => {
+                info!(
+                    "daemon: torrent {} checked: {} of {} pieces present",
+                    e.id,
+                    e.t.have.count(),
+                    e.t.meta.piece_count()
+                );
+                e.t.state = if e.paused { State::Stopped } else { State::Queued };
+                e.finished_reported = e.t.is_complete();
+                e.dirty = true;
+                self.schedule();
+            }
+            Ok(false) => {}
+            Err(err) => {
+                warn!("daemon: torrent {} check failed: {err}", e.id);
+                e.t.state = State::Error(err);
+            }
+        }
+        true
+    }
+
+    /// Moves queued torrents into free download and seeding slots (in ID order).
+    pub(super) fn schedule(&mut self) {
+        let Some(cfg) = self.daemon_config() else { return };
+        let max_dl = cfg.max_active_downloads as usize;
+        let max_seed = cfg.max_active_seeds as usize;
+        let mut dl = self.torrents.iter().filter(|e| e.t.state == State::Downloading).count();
+        let mut seeding = self.torrents.iter().filter(|e| e.t.state == State::Seeding).count();
+        let mut order: Vec<usize> = (0..self.torrents.len())
+            .filter(|&i| self.torrents[i].t.state == State::Queued)
+            .collect();
+        order.sort_by_key(|&i| self.torrents[i].id);
+        for i in order {
+            let complete = self.torrents[i].t.is_complete();
+            if complete && seeding < max_seed {
+                seeding += 1;
+                self.activate(i, State::Seeding);
+            } else if !complete && dl < max_dl {
+                dl += 1;
+                self.activate(i, State::Downloading);
+            }
+        }
+    }
+
+    fn activate(&mut self, i: usize, state: State) {
+        let e = &mut self.torrents[i];
+        info!("daemon: torrent {} {}=>{}", e.id, e.t.state.name(), state.name());
+        e.t.state = state;
+        e.ann = crate::announce::Announcer::new(&e.t.meta.trackers, &mut self.rng);
+        self.connect_soon = true;
+    }
+
+    /// Takes a torrent out of the swarm: closes its peers, drops its partial pieces and
+    /// tracker exchanges, and announces `stopped`.
+    fn deactivate(&mut self, i: usize, state: State, now: Instant) {
+        let handles: Vec<Handle> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.torrent == Some(i))
+            .map(|(h, _)| h)
+            .collect();
+        for h in handles {
+            if let Some(p) = self.peers.get_mut(h) {
+                p.close(crate::peer::CloseReason::TorrentStopped);
+            }
+            self.close_peer(h, now);
+        }
+        let hs: Vec<Handle> = self
+            .trackers
+            .iter()
+            .filter(|(_, c)| c.torrent == i)
+            .map(|(h, _)| h)
+            .collect();
+        for h in hs {
+            self.drop_tracker(h);
+        }
+        let was_active = matches!(self.torrents[i].t.state, State::Downloading | State::Seeding);
+        let e = &mut self.torrents[i];
+        e.t.release_partials(&mut self.bufs);
+        e.t.state = state;
+        e.dirty = true;
+        if was_active {
+            if let Some(job) = self.torrents[i].ann.stop_job() {
+                self.start_tracker(i, job, now);
+            }
+        }
+    }
+
+    fn find(&self, id: &str) -> Result<usize, String> {
+        let list: Vec<(u32, [u8; 20])> = self.torrents.iter().map(|e| (e.id, e.t.meta.info_hash)).collect();
+        let id = ctl::resolve_id(id, &list)?;
+        self.torrents
+            .iter()
+            .position(|e| e.id == id)
+            .ok_or_else(|| format!("no torrent with ID {id}"))
+    }
+
+    fn remove_entry(&mut self, i: usize, delete_data: bool, now: Instant) -> Result<(), String> {
+        self.deactivate(i, State::Stopped, now);
+        // Trackers for the removed torrent were dropped, except its `stopped` announce, which
+        // still refers to index i: forget it too, then shift the indices above i.
+        let hs: Vec<Handle> = self.trackers.iter().filter(|(_, c)| c.torrent == i).map(|(h, _)| h).collect();
+        for h in hs {
+            self.drop_tracker(h);
+        }
+        let e = self.torrents.remove(i);
+        for (_, p) in self.peers.iter_mut() {
+            if let Some(t) = p.torrent {
+                if t > i {
+                    p.torrent = Some(t - 1);
+                }
+            }
+        }
+        for (_, c) in self.trackers.iter_mut() {
+            if c.torrent > i {
+                c.torrent -= 1;
+            }
+        }
+        if let Some(d) = self.daemon.as_mut() {
+            d.state.remove(&e.t.meta.info_hash);
+        }
+        if delete_data {
+            delete_torrent_data(&e.dir, &e.t.meta)?;
+        }
+        info!("daemon: torrent {} removed", e.id);
+        Ok(())
+    }
+
+    // ----- persistence -----
+
+    fn resume_of(e: &Entry) -> Resume {
+        Resume {
+            id: e.id,
+            info_hash: e.t.meta.info_hash,
+            dir: e.dir.clone(),
+            stopped: e.t.state == State::Stopped || e.paused,
+            have: e.t.have.as_bytes().to_vec(),
+            pieces: e.t.meta.piece_count(),
+            downloaded: e.base_downloaded + e.t.downloaded,
+            uploaded: e.base_uploaded + e.t.uploaded,
+            added_at: e.added_at,
+            completed_at: e.completed_at,
+            seed_ratio: None,
+            seed_time: None,
+        }
+    }
+
+    /// Writes resume data that is due (or all of it with `force`), data files synced first.
+    pub(super) fn save_all(&mut self, force: bool) {
+        let now = self.now();
+        let Some(d) = self.daemon.as_mut() else { return };
+        for e in &mut self.torrents {
+            if !e.dirty || e.t.state == State::Checking {
+                continue;
+            }
+            if !force && now.since(e.last_saved) < RESUME_INTERVAL {
+                continue;
+            }
+            if let Err(err) = e.t.sync_storage() {
+                warn!("daemon: torrent {}: sync failed: {err}", e.id);
+                continue;
+            }
+            match d.state.save_resume(&Self::resume_of(e)) {
+                Ok(()) => {
+                    e.dirty = false;
+                    e.last_saved = now;
+                }
+                Err(err) => warn!("daemon: torrent {}: saving resume data: {err}", e.id),
+            }
+        }
+        if force || now.since(d.last_stats) >= STATS_INTERVAL {
+            d.last_stats = now;
+            let stats = Self::stats_snapshot(d, &self.torrents, now);
+            if let Err(err) = state::atomic_write(&d.config.stats_file, state::encode_stats(&stats).as_bytes()) {
+                warn!("daemon: stats file {}: {err}", d.config.stats_file.display());
+            }
+        }
+    }
+
+    fn stats_snapshot(d: &DaemonState, torrents: &[Entry], now: Instant) -> Stats {
+        let mut s = d.stats.clone();
+        let (down, up) = torrents
+            .iter()
+            .fold((0, 0), |(a, b), e| (a + e.t.downloaded, b + e.t.uploaded));
+        s.downloaded += down + d.session_base.0;
+        s.uploaded += up + d.session_base.1;
+        s.uptime_total += now.since(d.started_at).as_secs();
+        s
+    }
+
+    /// Once a second in daemon mode: resume/stat saves, the watch directory, control timeouts.
+    pub(super) fn daemon_tick(&mut self, now: Instant) {
+        if self.daemon.is_none() {
+            return;
+        }
+        self.save_all(false);
+        self.schedule();
+        let due = self
+            .daemon
+            .as_ref()
+            .is_some_and(|d| d.config.watch_dir.is_some() && now.since(d.last_watch) >= WATCH_INTERVAL);
+        if due {
+            self.scan_watch_dir(now);
+        }
+        let late: Vec<Handle> = self
+            .daemon
+            .as_ref()
+            .map(|d| d.conns.iter().filter(|(_, c)| now >= c.deadline).map(|(h, _)| h).collect())
+            .unwrap_or_default();
+        for h in late {
+            self.ctl_close(h);
+        }
+    }
+
+    fn scan_watch_dir(&mut self, now: Instant) {
+        let Some(d) = self.daemon.as_mut() else { return };
+        d.last_watch = now;
+        let Some(dir) = d.config.watch_dir.clone() else { return };
+        let Ok(rd) = std::fs::read_dir(&dir) else { return };
+        let mut found: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "torrent") && p.is_file())
+            .take(64)
+            .collect();
+        found.sort();
+        for path in found {
+            let result = read_torrent(&path).and_then(|m| self.add_meta(m, None, false, None));
+            let (suffix, what) = match &result {
+                Ok(id) => ("added", format!("added as ID {id}")),
+                Err(e) => ("invalid", e.clone()),
+            };
+            info!("daemon: watch dir: {}: {what}", path.display());
+            let mut target = path.clone().into_os_string();
+            target.push(".");
+            target.push(suffix);
+            if let Err(e) = std::fs::rename(&path, &target) {
+                warn!("daemon: watch dir: cannot rename {}: {e}", path.display());
+            }
+            if let Ok(id) = result {
+                self.save_new_torrent(id, &path);
+            }
+        }
+    }
+
+    /// Keeps a copy of a newly added torrent's file in the state directory.
+    fn save_new_torrent(&mut self, id: u32, source: &Path) {
+        let Some(e) = self.torrents.iter().find(|e| e.id == id) else { return };
+        let hash = e.t.meta.info_hash;
+        let bytes = match read_limited(source) {
+            Ok(b) => b,
+            Err(err) => {
+                warn!("daemon: cannot keep a copy of {}: {err}", source.display());
+                return;
+            }
+        };
+        if let Some(d) = self.daemon.as_mut() {
+            if let Err(err) = d.state.save_torrent(&hash, &bytes) {
+                warn!("daemon: saving torrent {id}: {err}");
+            }
+            d.stats.added += 1;
+        }
+    }
+
+    /// SIGHUP: re-read the config file and apply what can change at run time.
+    pub(super) fn reload_config(&mut self) {
+        let Some(d) = self.daemon.as_mut() else { return };
+        let env = |k: &str| std::env::var(k).ok();
+        match config::load(d.config_path.as_deref(), &env) {
+            Ok(c) => {
+                crate::logfile::set_level(c.log_level.to_filter());
+                d.config.max_active_downloads = c.max_active_downloads;
+                d.config.max_active_seeds = c.max_active_seeds;
+                d.config.watch_dir = c.watch_dir.clone();
+                d.config.download_dir = c.download_dir.clone();
+                d.config.log_level = c.log_level;
+                d.config.down_limit = c.down_limit;
+                d.config.up_limit = c.up_limit;
+                info!("daemon: configuration reloaded");
+                self.schedule();
+            }
+            Err(e) => warn!("daemon: reload failed, keeping the old configuration: {e}"),
+        }
+    }
+
+    // ----- control socket -----
+
+    pub(super) fn ctl_accept(&mut self, now: Instant) {
+        loop {
+            let Some(d) = self.daemon.as_mut() else { return };
+            match d.listener.accept() {
+                Ok((stream, _)) => {
+                    // Only our own user (or root) may drive the daemon.
+                    let uid = crate::sys::peer_uid(stream.as_raw_fd()).unwrap_or(u32::MAX);
+                    if uid != d.uid && uid != 0 {
+                        warn!("daemon: control connection from uid {uid} refused");
+                        continue;
+                    }
+                    if d.conns.is_full() {
+                        continue;
+                    }
+                    let conn = CtlConn {
+                        stream,
+                        input: Vec::new(),
+                        output: Vec::new(),
+                        sent: 0,
+                        deadline: now + CTL_TIMEOUT,
+                    };
+                    let Some(h) = d.conns.insert(conn) else { continue };
+                    let c = d.conns.get_mut(h).expect("just inserted");
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut c.stream, super::token(KIND_CTL, h), Interest::READABLE | Interest::WRITABLE)
+                        .is_err()
+                    {
+                        d.conns.remove(h);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("daemon: control accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn ctl_close(&mut self, h: Handle) {
+        let Some(d) = self.daemon.as_mut() else { return };
+        if let Some(mut c) = d.conns.remove(h) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+        }
+    }
+
+    pub(super) fn ctl_io(&mut self, h: Handle, now: Instant) {
+        let Some(d) = self.daemon.as_mut() else { return };
+        let Some(c) = d.conns.get_mut(h) else { return };
+        if c.output.is_empty() {
+            let mut buf = [0u8; 1024];
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        c.input.extend_from_slice(&buf[..n]);
+                        if c.input.len() > ctl::MAX_REQUEST_LINE || c.input.contains(&b'\n') {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => {
+                        self.ctl_close(h);
+                        return;
+                    }
+                }
+            }
+            let Some(end) = c.input.iter().position(|&b| b == b'\n') else {
+                if c.input.len() > ctl::MAX_REQUEST_LINE {
+                    c.output = ctl::encode_response(&Response {
+                        code: 2,
+                        body: "request too long\n".into(),
+                    });
+                } else {
+                    return;
+                }
+                return self.ctl_flush(h);
+            };
+            let line = c.input[..end].to_vec();
+            let response = match ctl::parse_request(&line) {
+                Ok(env) => self.execute(env, now),
+                Err(e) => Response {
+                    code: 2,
+                    body: format!("{e}\n"),
+                },
+            };
+            let Some(d) = self.daemon.as_mut() else { return };
+            let Some(c) = d.conns.get_mut(h) else { return };
+            c.output = ctl::encode_response(&response);
+            c.sent = 0;
+        }
+        self.ctl_flush(h);
+    }
+
+    fn ctl_flush(&mut self, h: Handle) {
+        let Some(d) = self.daemon.as_mut() else { return };
+        let Some(c) = d.conns.get_mut(h) else { return };
+        while c.sent < c.output.len() {
+            match c.stream.write(&c.output[c.sent..]) {
+                Ok(0) => break,
+                Ok(n) => c.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.ctl_close(h);
+    }
+
+    fn execute(&mut self, env: Envelope, now: Instant) -> Response {
+        let json = env.json;
+        let ok = |body: String| Response { code: 0, body };
+        let err = |code: u8, msg: String| Response {
+            code,
+            body: format!("{msg}\n"),
+        };
+        match env.req {
+            Request::Start { source, dir, paused } => {
+                if source.starts_with("magnet:") {
+                    return match crate::magnet::parse(&source) {
+                        Ok(_) => err(1, "magnet links are accepted but metadata fetching is not part of this build yet".into()),
+                        Err(e) => err(1, e.to_string()),
+                    };
+                }
+                let path = PathBuf::from(&source);
+                match read_torrent(&path).and_then(|m| self.add_meta(m, dir.map(PathBuf::from), paused, None)) {
+                    Ok(id) => {
+                        self.save_new_torrent(id, &path);
+                        self.save_all(false);
+                        ok(if json { format!("{{\"id\":{id}}}\n") } else { format!("{id}\n") })
+                    }
+                    Err(e) => err(1, e),
+                }
+            }
+            Request::Stop { id } => match self.find(&id) {
+                Ok(i) => {
+                    self.torrents[i].paused = true;
+                    if self.torrents[i].t.state != State::Checking {
+                        self.deactivate(i, State::Stopped, now);
+                    }
+                    self.schedule();
+                    ok(format!("stopped {}\n", self.torrents[i].id))
+                }
+                Err(e) => err(1, e),
+            },
+            Request::Resume { id } => match self.find(&id) {
+                Ok(i) => {
+                    let e = &mut self.torrents[i];
+                    e.paused = false;
+                    e.dirty = true;
+                    if matches!(e.t.state, State::Stopped | State::Error(_)) {
+                        e.t.state = State::Queued;
+                    }
+                    let id = e.id;
+                    self.schedule();
+                    ok(format!("resumed {id}\n"))
+                }
+                Err(e) => err(1, e),
+            },
+            Request::Seed { id } => match self.find(&id) {
+                Ok(i) => {
+                    if !self.torrents[i].t.is_complete() {
+                        return err(1, format!("torrent {} is not complete; it cannot seed yet", self.torrents[i].id));
+                    }
+                    let e = &mut self.torrents[i];
+                    e.paused = false;
+                    e.dirty = true;
+                    if e.t.state != State::Seeding {
+                        self.activate(i, State::Seeding);
+                    }
+                    ok(format!("seeding {}\n", self.torrents[i].id))
+                }
+                Err(e) => err(1, e),
+            },
+            Request::Remove { id, delete_data } => match self.find(&id) {
+                Ok(i) => {
+                    let id = self.torrents[i].id;
+                    match self.remove_entry(i, delete_data, now) {
+                        Ok(()) => {
+                            self.schedule();
+                            ok(format!("removed {id}\n"))
+                        }
+                        Err(e) => err(1, e),
+                    }
+                }
+                Err(e) => err(1, e),
+            },
+            Request::List => {
+                let views: Vec<TorrentView> = (0..self.torrents.len()).map(|i| self.view(i, now)).collect();
+                ok(ctl::format_list(&views, json))
+            }
+            Request::Status { id } => match self.find(&id) {
+                Ok(i) => ok(ctl::format_status(&self.view(i, now), json)),
+                Err(e) => err(1, e),
+            },
+            Request::Stats => {
+                let Some(d) = self.daemon.as_ref() else {
+                    return err(1, "not a daemon".into());
+                };
+                let s = Self::stats_snapshot(d, &self.torrents, now);
+                let (down_rate, up_rate) = self.rates(None);
+                let v = StatsView {
+                    uptime_secs: now.since(d.started_at).as_secs(),
+                    downloaded: s.downloaded,
+                    uploaded: s.uploaded,
+                    torrents: self.torrents.len() as u32,
+                    added: s.added,
+                    completed: s.completed,
+                    errors: s.errors,
+                    down_rate,
+                    up_rate,
+                };
+                ok(ctl::format_stats(&v, json))
+            }
+            Request::Shutdown => {
+                self.begin_shutdown(now, Outcome::Interrupted);
+                ok("shutting down\n".into())
+            }
+            Request::Limit { .. } => err(1, "bandwidth limits are not part of this build yet".into()),
+        }
+    }
+
+    fn rates(&self, torrent: Option<usize>) -> (u64, u64) {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.torrent.is_some() && (torrent.is_none() || p.torrent == torrent))
+            .fold((0, 0), |(d, u), (_, p)| (d + p.down.get(), u + p.up.get()))
+    }
+
+    fn view(&self, i: usize, _now: Instant) -> TorrentView {
+        let e = &self.torrents[i];
+        let t = &e.t;
+        let total = t.meta.total_length;
+        let have = t.bytes_have();
+        let (down_rate, up_rate) = self.rates(Some(i));
+        let peers_connected = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.torrent == Some(i) && p.is_established())
+            .count() as u32;
+        let trackers: Vec<TrackerView> = e
+            .ann
+            .trackers()
+            .map(|s| TrackerView {
+                url: s.url.clone(),
+                status: if s.last_error.is_some() {
+                    "error".into()
+                } else if s.last_peers > 0 || s.seeders.is_some() {
+                    "ok".into()
+                } else {
+                    "idle".into()
+                },
+                last_error: s.last_error.clone(),
+                seeders: s.seeders,
+                leechers: s.leechers,
+            })
+            .collect();
+        let seeders = trackers.iter().find_map(|t| t.seeders);
+        let leechers = trackers.iter().find_map(|t| t.leechers);
+        let eta = if down_rate > 0 && have < total {
+            Some((total - have) / down_rate)
+        } else {
+            None
+        };
+        TorrentView {
+            id: e.id,
+            name: t.meta.name.clone(),
+            info_hash: crate::hash::hex(&t.meta.info_hash),
+            state: t.state.name().to_string(),
+            percent: if total == 0 { 100.0 } else { have as f64 * 100.0 / total as f64 },
+            have_bytes: have,
+            total_bytes: total,
+            downloaded: e.base_downloaded + t.downloaded,
+            uploaded: e.base_uploaded + t.uploaded,
+            down_rate,
+            up_rate,
+            peers_connected,
+            peers_known: t.candidates.len() as u32,
+            seeders,
+            leechers,
+            eta_secs: eta,
+            dir: e.dir.display().to_string(),
+            error: match &t.state {
+                State::Error(s) => Some(s.clone()),
+                _ => None,
+            },
+            trackers,
+        }
+    }
+
+    /// A torrent finished downloading (daemon bookkeeping).
+    pub(super) fn on_completed(&mut self, i: usize) {
+        let e = &mut self.torrents[i];
+        e.completed_at = Some(unix_now());
+        e.dirty = true;
+        if let Some(d) = self.daemon.as_mut() {
+            d.stats.completed += 1;
+        }
+    }
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(MAX_TORRENT_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if buf.len() as u64 > MAX_TORRENT_FILE {
+        return Err(format!("{}: larger than {} MiB", path.display(), MAX_TORRENT_FILE >> 20));
+    }
+    Ok(buf)
+}
+
+fn read_torrent(path: &Path) -> Result<metainfo::Metainfo, String> {
+    let bytes = read_limited(path)?;
+    let parsed = metainfo::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    for w in &parsed.warnings {
+        warn!("torrent {}: {}", path.display(), w);
+    }
+    Ok(parsed.meta)
+}
+
+/// Deletes a torrent's files (never anything outside `dir`), then its empty directories.
+fn delete_torrent_data(dir: &Path, meta: &metainfo::Metainfo) -> Result<(), String> {
+    for f in meta.files.iter().filter(|f| !f.pad) {
+        let mut p = dir.to_path_buf();
+        for c in &f.path {
+            p.push(c);
+        }
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", p.display())),
+        }
+        // Remove now-empty parent directories up to (not including) `dir`.
+        let mut parent = p.parent().map(Path::to_path_buf);
+        while let Some(d) = parent {
+            if d == dir || !d.starts_with(dir) || std::fs::remove_dir(&d).is_err() {
+                break;
+            }
+            parent = d.parent().map(Path::to_path_buf);
+        }
+    }
+    Ok(())
+}
