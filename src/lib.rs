@@ -22,6 +22,7 @@ pub mod engine;
 pub mod hash;
 pub mod magnet;
 pub mod metainfo;
+pub mod mse;
 pub mod net;
 pub mod peer;
 pub mod picker;
