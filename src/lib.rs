@@ -27,6 +27,7 @@ pub mod net;
 pub mod peer;
 pub mod picker;
 pub mod pool;
+pub mod ratelimit;
 pub mod rng;
 pub mod storage;
 pub mod sys;
