@@ -631,12 +631,7 @@ fn finite(x: f64) -> f64 {
 }
 
 fn duration_text(secs: u64) -> String {
-    let (d, h, m, s) = (
-        secs / 86_400,
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60,
-    );
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     if d > 0 {
         format!("{d}d{h:02}h{m:02}m")
     } else if h > 0 {
@@ -876,7 +871,12 @@ pub fn format_stats(st: &StatsView, json: bool) -> String {
         st.downloaded,
         human_bytes(st.downloaded)
     );
-    let _ = writeln!(s, "uploaded: {} ({})", st.uploaded, human_bytes(st.uploaded));
+    let _ = writeln!(
+        s,
+        "uploaded: {} ({})",
+        st.uploaded,
+        human_bytes(st.uploaded)
+    );
     let _ = writeln!(
         s,
         "ratio: {}",
@@ -1034,7 +1034,10 @@ mod tests {
             assert!(!line.contains('\r') && !line.contains('\t'));
             assert_eq!(parse_request(line.as_bytes()), Ok(e.clone()), "{line:?}");
             // Without the newline, and with CRLF, too.
-            assert_eq!(parse_request(line.trim_end_matches('\n').as_bytes()), Ok(e.clone()));
+            assert_eq!(
+                parse_request(line.trim_end_matches('\n').as_bytes()),
+                Ok(e.clone())
+            );
             let crlf = format!("{}\r\n", line.trim_end_matches('\n'));
             assert_eq!(parse_request(crlf.as_bytes()), Ok(e));
         }
@@ -1076,8 +1079,14 @@ mod tests {
             (b"start a --bogus\n", "start: unexpected argument '--bogus'"),
             (b"start a --paused --paused\n", "flag --paused given twice"),
             (b"start a --dir x --dir y\n", "flag --dir given twice"),
-            (b"limit --down fast\n", "bad rate 'fast': expected bytes per second or 'off'"),
-            (b"limit --down -1\n", "bad rate '-1': expected bytes per second or 'off'"),
+            (
+                b"limit --down fast\n",
+                "bad rate 'fast': expected bytes per second or 'off'",
+            ),
+            (
+                b"limit --down -1\n",
+                "bad rate '-1': expected bytes per second or 'off'",
+            ),
             (
                 b"limit --up 99999999999999999999999\n",
                 "bad rate '99999999999999999999999': expected bytes per second or 'off'",
@@ -1086,11 +1095,19 @@ mod tests {
             (b"stop %4\n", "bad percent escape in request"),
             (b"stop %ff\n", "request is not valid utf-8"),
             (b"stop 1\nstop 2\n", "request has more than one line"),
-            (b"list 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n", "request has more than 16 words"),
+            (
+                b"list 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n",
+                "request has more than 16 words",
+            ),
         ];
         for (input, want) in cases {
             let err = parse_request(input).unwrap_err();
-            assert_eq!(err.to_string(), *want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                err.to_string(),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
@@ -1100,7 +1117,10 @@ mod tests {
         assert_eq!(ok.len(), MAX_REQUEST_LINE);
         assert!(parse_request(ok.as_bytes()).is_ok());
         let long = format!("{ok}1\n");
-        assert_eq!(parse_request(long.as_bytes()), Err(CtlError::RequestTooLong));
+        assert_eq!(
+            parse_request(long.as_bytes()),
+            Err(CtlError::RequestTooLong)
+        );
     }
 
     #[test]
@@ -1167,7 +1187,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(encode_response(&Response::error(0, "e".into())), b"error 1\ne");
+        assert_eq!(
+            encode_response(&Response::error(0, "e".into())),
+            b"error 1\ne"
+        );
         for junk in [
             &b"OK\n"[..],
             b"error\n",
@@ -1179,7 +1202,11 @@ mod tests {
             b"okay\n",
             b"",
         ] {
-            assert_eq!(parse_response(junk), Err(CtlError::BadResponseHeader), "{junk:?}");
+            assert_eq!(
+                parse_response(junk),
+                Err(CtlError::BadResponseHeader),
+                "{junk:?}"
+            );
         }
         assert_eq!(parse_response(b"ok\n\xff"), Err(CtlError::NotUtf8));
         let big = vec![b'a'; MAX_RESPONSE + 1];
@@ -1255,7 +1282,10 @@ ID  STATE        PERCENT    DOWN      UP  PEERS  NAME
 12  seeding       100.0%       0  5.0M/s    0/0  evil?name
 ";
         assert_eq!(got, want);
-        assert_eq!(format_list(&[], false), "ID  STATE  PERCENT  DOWN  UP  PEERS  NAME\n");
+        assert_eq!(
+            format_list(&[], false),
+            "ID  STATE  PERCENT  DOWN  UP  PEERS  NAME\n"
+        );
         assert_eq!(format_list(&[], true), "[]\n");
     }
 
@@ -1371,7 +1401,10 @@ up_rate: 2048 (2.0 KiB/s)
     #[test]
     fn json_escape_escapes_controls_quotes_backslashes() {
         assert_eq!(json_escape("a\"b\\c\nd\u{0}é"), "a\\\"b\\\\c\\nd\\u0000é");
-        assert!(json_valid(&format!("\"{}\"", json_escape("\u{1f}\u{7f}\r\t"))));
+        assert!(json_valid(&format!(
+            "\"{}\"",
+            json_escape("\u{1f}\u{7f}\r\t")
+        )));
     }
 
     #[test]
@@ -1401,8 +1434,13 @@ up_rate: 2048 (2.0 KiB/s)
             resolve_id("ffff", &t),
             Err("no torrent whose info-hash starts with ffff".into())
         );
-        assert_eq!(resolve_id("99999", &t), Err("no torrent with ID 99999".into()));
-        assert!(resolve_id("abc", &t).unwrap_err().starts_with("invalid torrent ID 'abc'"));
+        assert_eq!(
+            resolve_id("99999", &t),
+            Err("no torrent with ID 99999".into())
+        );
+        assert!(resolve_id("abc", &t)
+            .unwrap_err()
+            .starts_with("invalid torrent ID 'abc'"));
         assert!(resolve_id("", &t).is_err());
         assert!(resolve_id("xyz\n", &t).unwrap_err().contains("'xyz'"));
         assert!(resolve_id(&"a".repeat(41), &t).is_err());
@@ -1431,21 +1469,17 @@ up_rate: 2048 (2.0 KiB/s)
                         *i += 1;
                         return true;
                     }
-                    Some(b'\\') => {
-                        match b.get(*i + 1) {
-                            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                                *i += 2
+                    Some(b'\\') => match b.get(*i + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => *i += 2,
+                        Some(b'u') => {
+                            let hex = b.get(*i + 2..*i + 6);
+                            if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                                return false;
                             }
-                            Some(b'u') => {
-                                let hex = b.get(*i + 2..*i + 6);
-                                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-                                    return false;
-                                }
-                                *i += 6;
-                            }
-                            _ => return false,
+                            *i += 6;
                         }
-                    }
+                        _ => return false,
+                    },
                     Some(&c) if c < 0x20 => return false,
                     Some(_) => *i += 1,
                 }
@@ -1563,10 +1597,24 @@ up_rate: 2048 (2.0 KiB/s)
 
     #[test]
     fn json_checker_rejects_broken_json() {
-        for bad in ["{", "[1,]", "{\"a\" 1}", "\"\n\"", "01", "1.", "{\"a\":tru}", "[] []"] {
+        for bad in [
+            "{",
+            "[1,]",
+            "{\"a\" 1}",
+            "\"\n\"",
+            "01",
+            "1.",
+            "{\"a\":tru}",
+            "[] []",
+        ] {
             assert!(!json_valid(bad), "{bad}");
         }
-        for good in ["{}", "[]", "[1,-2.5,null,true,\"\\u00e9\"]", "{\"a\":{\"b\":[]}}"] {
+        for good in [
+            "{}",
+            "[]",
+            "[1,-2.5,null,true,\"\\u00e9\"]",
+            "{\"a\":{\"b\":[]}}",
+        ] {
             assert!(json_valid(good), "{good}");
         }
     }

@@ -359,7 +359,10 @@ pub fn daemonize() -> io::Result<()> {
     }
     fork_and_exit_parent()?;
     std::env::set_current_dir("/")?;
-    let null = OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
     use std::os::unix::io::AsRawFd;
     for target in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
         // SAFETY: dup2 onto the standard descriptors, which this process owns; `null` stays
