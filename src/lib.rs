@@ -2,12 +2,13 @@
 //!
 //! Layers (lower layers never import higher ones):
 //! - 0 vocabulary: `time`, `rng`, `hash`, `bitfield` — plain data, no I/O, no clock.
-//! - 1 codecs: `bencode`, `metainfo`, `wire`, `tracker`, `dns` — bytes in, values out.
+//! - 1 codecs: `bencode`, `metainfo`, `wire`, `tracker`, `dns`, `ctl` — bytes in, values out.
 //! - 2 state machines: `picker`, `choker`, `peer`, `torrent` — take `now` and bytes, give bytes
 //!   and actions; never touch a socket, a file or the clock.
 //! - 3 I/O shell: `engine` (the only owner of mio and the clock), `net` (socket setup),
 //!   `storage` (the only module that touches torrent data files), `sys` (every `unsafe`/libc
-//!   call), `create` (hashes files into a new .torrent).
+//!   call), `create` (hashes files into a new .torrent), `state` (resume data, metainfo copies
+//!   and the lock in the state directory), `logfile` (the size-capped log file).
 //! - 4 process setup: `cli`, `config`.
 
 pub mod announce;
@@ -17,9 +18,11 @@ pub mod choker;
 pub mod cli;
 pub mod config;
 pub mod create;
+pub mod ctl;
 pub mod dns;
 pub mod engine;
 pub mod hash;
+pub mod logfile;
 pub mod magnet;
 pub mod metainfo;
 pub mod mse;
@@ -29,6 +32,7 @@ pub mod picker;
 pub mod pool;
 pub mod ratelimit;
 pub mod rng;
+pub mod state;
 pub mod storage;
 pub mod sys;
 pub mod time;

@@ -286,6 +286,104 @@ pub fn drain_signals(fd: i32) -> u64 {
 
 pub const SIGHUP: i32 = libc::SIGHUP;
 
+/// Takes an exclusive `flock(2)` on `file` without blocking: Ok(true) when we now hold it,
+/// Ok(false) when another open file description (another process, or another `File` in this
+/// one) holds it. The lock lasts until every descriptor of this open file is closed.
+pub fn flock_exclusive(file: &File) -> io::Result<bool> {
+    use std::os::unix::io::AsRawFd;
+    loop {
+        // SAFETY: flock on a descriptor we own (borrowed from `file`) has no memory effects.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(err),
+        }
+    }
+}
+
+/// User ID of the process at the other end of a connected Unix domain socket (`SO_PEERCRED`).
+pub fn peer_uid(fd: std::os::unix::io::RawFd) -> io::Result<u32> {
+    // SAFETY: an all-zero ucred is valid (plain integers).
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` is a valid out-buffer of `len` bytes for SO_PEERCRED, which the kernel
+    // fills with a struct ucred; a bad `fd` makes the call fail with EBADF/ENOTSOCK.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "short SO_PEERCRED reply",
+        ));
+    }
+    Ok(cred.uid)
+}
+
+/// Real user ID of this process.
+pub fn getuid() -> u32 {
+    // SAFETY: getuid(2) cannot fail and has no memory effects.
+    unsafe { libc::getuid() }
+}
+
+/// Flushes a directory's entries (a rename or create inside it) to disk.
+pub fn fsync_dir(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Detaches from the terminal the classic way: fork (the parent exits 0 at once), `setsid`,
+/// fork again (so the daemon can never reacquire a controlling terminal), `chdir("/")`, and
+/// stdin/stdout/stderr onto `/dev/null`. Call before any thread is started and before the
+/// event loop is built; errors after the first fork can only be reported by the child.
+pub fn daemonize() -> io::Result<()> {
+    fn fork_and_exit_parent() -> io::Result<()> {
+        // SAFETY: the process is single-threaded at this point (documented precondition), so
+        // the child may run arbitrary code after fork.
+        match unsafe { libc::fork() } {
+            -1 => Err(io::Error::last_os_error()),
+            0 => Ok(()),
+            // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the child
+            // now; it never returns.
+            _ => unsafe { libc::_exit(0) },
+        }
+    }
+    fork_and_exit_parent()?;
+    // SAFETY: setsid has no memory effects; it fails only if we already lead a group, which a
+    // freshly forked child never does.
+    if unsafe { libc::setsid() } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    fork_and_exit_parent()?;
+    std::env::set_current_dir("/")?;
+    let null = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    use std::os::unix::io::AsRawFd;
+    for target in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: dup2 onto the standard descriptors, which this process owns; `null` stays
+        // open for the duration of the call.
+        if unsafe { libc::dup2(null.as_raw_fd(), target) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
