@@ -53,7 +53,10 @@ fn main() -> ExitCode {
     };
     let level = config.log_level.to_filter();
     if !matches!(cli.command, Command::Daemon(_)) || is_print_only(&cli.command) {
-        let _ = simple_logger::SimpleLogger::new().with_level(level).env().init();
+        let _ = simple_logger::SimpleLogger::new()
+            .with_level(level)
+            .env()
+            .init();
     }
 
     let result = match &cli.command {
@@ -88,7 +91,11 @@ fn is_print_only(c: &Command) -> bool {
 }
 
 /// `atorrent daemon`: detach if asked, log to the configured file, run the engine.
-fn daemon(d: &DaemonArgs, config: Config, config_path: Option<PathBuf>) -> Result<ExitCode, String> {
+fn daemon(
+    d: &DaemonArgs,
+    config: Config,
+    config_path: Option<PathBuf>,
+) -> Result<ExitCode, String> {
     if d.detach {
         sys::daemonize().map_err(|e| format!("cannot detach: {e}"))?;
     }
@@ -423,5 +430,7 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
 
 /// `block_buffers` (16 KiB each) rounded up to whole 256 KiB assembly chunks.
 fn chunk_count(config: &Config) -> usize {
-    (config.block_buffers as usize * 16384).div_ceil(CHUNK_LEN).max(1)
+    (config.block_buffers as usize * 16384)
+        .div_ceil(CHUNK_LEN)
+        .max(1)
 }

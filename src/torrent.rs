@@ -290,7 +290,12 @@ impl Torrent {
 
     /// Verifies stored pieces from `*cursor` on, up to `budget` bytes, marking the ones whose
     /// hash matches as had. Returns true when every piece has been looked at.
-    pub fn check_step(&mut self, cursor: &mut u32, budget: u64, bufs: &mut Buffers) -> Result<bool, String> {
+    pub fn check_step(
+        &mut self,
+        cursor: &mut u32,
+        budget: u64,
+        bufs: &mut Buffers,
+    ) -> Result<bool, String> {
         let n = self.meta.piece_count();
         let mut spent = 0u64;
         while *cursor < n && spent < budget {
@@ -499,7 +504,13 @@ impl Torrent {
         p.rx_consume(used);
     }
 
-    fn handle_message(&mut self, p: &mut PeerConn, msg: Message<'_>, now: Instant, bufs: &mut Buffers) {
+    fn handle_message(
+        &mut self,
+        p: &mut PeerConn,
+        msg: Message<'_>,
+        now: Instant,
+        bufs: &mut Buffers,
+    ) {
         let n = self.meta.piece_count();
         // A bitfield (or have_all/have_none) is only valid as the peer's first statement of
         // what it has (BEP 3, BEP 6). Peers differ in what they send before it (extended
@@ -601,7 +612,9 @@ impl Torrent {
                     }
                 }
             }
-            Message::Piece { index, begin, data } => self.on_piece(p, index, begin, data, now, bufs),
+            Message::Piece { index, begin, data } => {
+                self.on_piece(p, index, begin, data, now, bufs)
+            }
             Message::Reject(r) => {
                 if !p.fast {
                     p.close(CloseReason::Protocol(
@@ -897,7 +910,9 @@ impl Torrent {
             for a in &part.contributors {
                 if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == *a) {
                     c.failures = c.failures.saturating_add(1);
-                    if (part.contributors.len() == 1 || c.failures as u32 >= MAX_HASH_FAILURES) && !c.banned {
+                    if (part.contributors.len() == 1 || c.failures as u32 >= MAX_HASH_FAILURES)
+                        && !c.banned
+                    {
                         c.banned = true;
                         self.banned.push(*a);
                     }
@@ -1244,15 +1259,17 @@ mod tests {
         )
         .unwrap();
         let (mut a, mut b) = pair(&mut seed, &mut leech, fast);
+        let mut sbufs = Buffers::new(chunks);
+        let mut lbufs = Buffers::new(chunks);
         let mut now = Instant::ZERO;
         let mut turns = 0;
         while !leech.is_complete() && turns < 20_000 && a.close.is_none() && b.close.is_none() {
             turns += 1;
             now = now + Duration::from_millis(1);
             pipe(&mut a, &mut b);
-            leech.handle_rx(&mut b, now);
+            leech.handle_rx(&mut b, now, &mut lbufs);
             pipe(&mut b, &mut a);
-            seed.handle_rx(&mut a, now);
+            seed.handle_rx(&mut a, now, &mut sbufs);
             seed.broadcast(std::iter::once(&mut a));
             leech.broadcast(std::iter::once(&mut b));
             seed.fill_tx(&mut a, now);
@@ -1343,7 +1360,7 @@ mod tests {
         });
         let n = bad.encode(&mut p.rx).unwrap();
         p.rx_len = n;
-        seed.handle_rx(&mut p, Instant::ZERO);
+        seed.handle_rx(&mut p, Instant::ZERO, &mut Buffers::new(1));
         assert!(matches!(p.close, Some(CloseReason::Protocol(_))));
     }
 }

@@ -73,10 +73,15 @@ impl Daemon {
         let end = Instant::now() + within;
         loop {
             let s = self.ok(w, &["status", id]);
-            if s.lines().any(|l| l.starts_with("state:") && l.contains(want)) {
+            if s.lines()
+                .any(|l| l.starts_with("state:") && l.contains(want))
+            {
                 return s;
             }
-            assert!(Instant::now() < end, "torrent {id} never reached {want}: {s}");
+            assert!(
+                Instant::now() < end,
+                "torrent {id} never reached {want}: {s}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -139,7 +144,11 @@ fn daemon_start_list_status_stop_resume_restart_remove() {
     // Adding the same torrent again is refused with exit 1.
     let again = d.cli(&w, &["start", torrents[0].0.to_str().unwrap()]);
     assert_eq!(again.code(), Some(1), "{}", again.stderr);
-    assert!(again.stderr.contains("already added as ID 1"), "{}", again.stderr);
+    assert!(
+        again.stderr.contains("already added as ID 1"),
+        "{}",
+        again.stderr
+    );
 
     // With one download slot, one of the two waits as queued at first.
     let list = d.ok(&w, &["list"]);
@@ -152,12 +161,18 @@ fn daemon_start_list_status_stop_resume_restart_remove() {
 
     let status = d.ok(&w, &["status", "1"]);
     assert!(status.to_lowercase().contains("percent: 100"), "{status}");
-    assert!(status.contains(&torrents[0].2), "status lacks the info-hash: {status}");
+    assert!(
+        status.contains(&torrents[0].2),
+        "status lacks the info-hash: {status}"
+    );
     // An info-hash prefix works wherever an ID does.
     let by_hash = d.ok(&w, &["status", &torrents[1].2[..8]]);
     assert!(by_hash.contains("file2.bin"), "{by_hash}");
     let json = d.ok(&w, &["--json", "list"]);
-    assert!(json.trim_start().starts_with('[') && json.contains("\"id\":1"), "{json}");
+    assert!(
+        json.trim_start().starts_with('[') && json.contains("\"id\":1"),
+        "{json}"
+    );
 
     d.ok(&w, &["stop", "1"]);
     d.wait_state(&w, "1", "stopped", secs(10));
@@ -178,7 +193,10 @@ fn daemon_start_list_status_stop_resume_restart_remove() {
     d2.wait_state(&w, "2", "seeding", secs(20));
 
     d2.ok(&w, &["remove", "2", "--delete-data"]);
-    assert!(!w.path("dl/file2.bin").exists(), "data of torrent 2 not deleted");
+    assert!(
+        !w.path("dl/file2.bin").exists(),
+        "data of torrent 2 not deleted"
+    );
     let list = d2.ok(&w, &["list"]);
     assert!(!list.contains("file2.bin"), "{list}");
     assert!(w.path("dl/file1.bin").exists());
@@ -210,7 +228,10 @@ fn daemon_client_errors_and_socket_mode() {
 
     let mut d = Daemon::start(&w, &cfg);
     use std::os::unix::fs::PermissionsExt;
-    let mode = fs::metadata(w.path("state/control.sock")).unwrap().permissions().mode();
+    let mode = fs::metadata(w.path("state/control.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
 
     // A second daemon on the same state directory refuses to start.
@@ -262,10 +283,12 @@ fn daemon_watch_dir_and_sighup_reload() {
         assert!(Instant::now() < end, "watch dir file not picked up");
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(watch.join("junk.torrent.invalid").exists() || {
-        std::thread::sleep(Duration::from_secs(1));
-        watch.join("junk.torrent.invalid").exists()
-    });
+    assert!(
+        watch.join("junk.torrent.invalid").exists() || {
+            std::thread::sleep(Duration::from_secs(1));
+            watch.join("junk.torrent.invalid").exists()
+        }
+    );
     let list = d.ok(&w, &["list"]);
     assert!(list.contains("w.bin"), "{list}");
 
@@ -276,7 +299,10 @@ fn daemon_watch_dir_and_sighup_reload() {
         fs::read_to_string(&cfg).unwrap() + "max_active_downloads = 7\n",
     )
     .unwrap();
-    let st = Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
     let end = Instant::now() + secs(10);
     loop {
@@ -304,7 +330,15 @@ fn daemon_survives_kill_9_during_download() {
     let hash = lt_create(&w, &src, &t, &[Tracker::url_for(taddr)], 64 * 1024);
     let _tracker = Tracker::start(&w, taddr, &[&hash]);
     // A slow seeder, so the kills land in the middle of the download.
-    let mut lt = lt_peer(&w, "lt-seed", "seed", &t, &src_dir, endpoint(), &["--upload-limit", "2000000"]);
+    let mut lt = lt_peer(
+        &w,
+        "lt-seed",
+        "seed",
+        &t,
+        &src_dir,
+        endpoint(),
+        &["--upload-limit", "2000000"],
+    );
     lt.wait_line(&w, "ready", secs(30));
 
     let mut d = Daemon::start(&w, &cfg);
@@ -314,7 +348,10 @@ fn daemon_survives_kill_9_during_download() {
         std::thread::sleep(Duration::from_millis(300 + prng.next_u64() % 700));
         let p = d.proc.take().unwrap();
         let pid = p.pid();
-        let st = Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        let st = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
         assert!(st.success(), "round {round}: kill failed");
         drop(p);
         d = Daemon::start(&w, &cfg);

@@ -64,7 +64,6 @@ pub(super) struct CtlConn {
 
 pub(super) struct DaemonState {
     listener: UnixListener,
-    socket_path: PathBuf,
     conns: Slots<CtlConn>,
     state: StateDir,
     _lock: std::fs::File,
@@ -107,21 +106,24 @@ pub fn run_daemon(opts: Options, settings: DaemonSettings) -> Result<Outcome, St
     if let Some(parent) = socket_path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
-    let mut listener =
-        UnixListener::bind(&socket_path).map_err(|e| format!("control socket {}: {e}", socket_path.display()))?;
+    let mut listener = UnixListener::bind(&socket_path)
+        .map_err(|e| format!("control socket {}: {e}", socket_path.display()))?;
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("control socket {}: {e}", socket_path.display()))?;
     let mut engine = Engine::new(opts).map_err(|e| e.to_string())?;
     engine
         .poll
         .registry()
-        .register(&mut listener, Token(KIND_CTL_LISTENER << 28), Interest::READABLE)
+        .register(
+            &mut listener,
+            Token(KIND_CTL_LISTENER << 28),
+            Interest::READABLE,
+        )
         .map_err(|e| e.to_string())?;
     let stats = state::load_stats(&config.stats_file);
     let now = engine.now();
     engine.daemon = Some(DaemonState {
         listener,
-        socket_path: socket_path.clone(),
         conns: Slots::with_capacity(MAX_CTL_CONNS),
         state,
         _lock: lock,
@@ -151,7 +153,9 @@ impl Engine {
     /// Re-adds the torrents saved in the state directory, trusting resume data only when it
     /// is intact and matches the torrent.
     fn load_saved_torrents(&mut self) {
-        let Some(d) = self.daemon.as_mut() else { return };
+        let Some(d) = self.daemon.as_mut() else {
+            return;
+        };
         let saved = d.state.load_all();
         let mut entries = Vec::new();
         for (bytes, resume, path) in saved {
@@ -162,7 +166,8 @@ impl Engine {
         }
         entries.sort_by_key(|(_, r, _)| r.as_ref().map_or(u32::MAX, |r| r.id));
         for (meta, resume, path) in entries {
-            let resume = resume.filter(|r| r.info_hash == meta.info_hash && r.pieces == meta.piece_count());
+            let resume =
+                resume.filter(|r| r.info_hash == meta.info_hash && r.pieces == meta.piece_count());
             if let Err(e) = self.add_meta(meta, None, false, resume) {
                 warn!("daemon: {}: {e}", path.display());
             }
@@ -178,7 +183,11 @@ impl Engine {
         resume: Option<Resume>,
     ) -> Result<u32, String> {
         let d = self.daemon.as_ref().ok_or("not a daemon")?;
-        if let Some(e) = self.torrents.iter().find(|e| e.t.meta.info_hash == meta.info_hash) {
+        if let Some(e) = self
+            .torrents
+            .iter()
+            .find(|e| e.t.meta.info_hash == meta.info_hash)
+        {
             return Err(format!("torrent already added as ID {}", e.id));
         }
         if self.torrents.len() >= MAX_TORRENTS {
@@ -233,7 +242,11 @@ impl Engine {
         }
         e.paused = paused || resume.as_ref().is_some_and(|r| r.stopped);
         if trusted {
-            e.t.state = if e.paused { State::Stopped } else { State::Queued };
+            e.t.state = if e.paused {
+                State::Stopped
+            } else {
+                State::Queued
+            };
         } else {
             e.t.state = State::Checking;
             e.check_cursor = 0;
@@ -250,7 +263,11 @@ impl Engine {
 
     /// One turn of hash checking (bounded), for torrents in `Checking`.
     pub(super) fn check_torrents(&mut self) -> bool {
-        let Some(i) = self.torrents.iter().position(|e| e.t.state == State::Checking) else {
+        let Some(i) = self
+            .torrents
+            .iter()
+            .position(|e| e.t.state == State::Checking)
+        else {
             return false;
         };
         let e = &mut self.torrents[i];
@@ -265,7 +282,11 @@ impl Engine {
                     e.t.have.count(),
                     e.t.meta.piece_count()
                 );
-                e.t.state = if e.paused { State::Stopped } else { State::Queued };
+                e.t.state = if e.paused {
+                    State::Stopped
+                } else {
+                    State::Queued
+                };
                 e.finished_reported = e.t.is_complete();
                 e.dirty = true;
                 self.schedule();
@@ -281,11 +302,21 @@ impl Engine {
 
     /// Moves queued torrents into free download and seeding slots (in ID order).
     pub(super) fn schedule(&mut self) {
-        let Some(cfg) = self.daemon_config() else { return };
+        let Some(cfg) = self.daemon_config() else {
+            return;
+        };
         let max_dl = cfg.max_active_downloads as usize;
         let max_seed = cfg.max_active_seeds as usize;
-        let mut dl = self.torrents.iter().filter(|e| e.t.state == State::Downloading).count();
-        let mut seeding = self.torrents.iter().filter(|e| e.t.state == State::Seeding).count();
+        let mut dl = self
+            .torrents
+            .iter()
+            .filter(|e| e.t.state == State::Downloading)
+            .count();
+        let mut seeding = self
+            .torrents
+            .iter()
+            .filter(|e| e.t.state == State::Seeding)
+            .count();
         let mut order: Vec<usize> = (0..self.torrents.len())
             .filter(|&i| self.torrents[i].t.state == State::Queued)
             .collect();
@@ -304,7 +335,12 @@ impl Engine {
 
     fn activate(&mut self, i: usize, state: State) {
         let e = &mut self.torrents[i];
-        info!("daemon: torrent {} {}=>{}", e.id, e.t.state.name(), state.name());
+        info!(
+            "daemon: torrent {} {}=>{}",
+            e.id,
+            e.t.state.name(),
+            state.name()
+        );
         e.t.state = state;
         e.ann = crate::announce::Announcer::new(&e.t.meta.trackers, &mut self.rng);
         self.connect_soon = true;
@@ -334,7 +370,10 @@ impl Engine {
         for h in hs {
             self.drop_tracker(h);
         }
-        let was_active = matches!(self.torrents[i].t.state, State::Downloading | State::Seeding);
+        let was_active = matches!(
+            self.torrents[i].t.state,
+            State::Downloading | State::Seeding
+        );
         let e = &mut self.torrents[i];
         e.t.release_partials(&mut self.bufs);
         e.t.state = state;
@@ -347,7 +386,11 @@ impl Engine {
     }
 
     fn find(&self, id: &str) -> Result<usize, String> {
-        let list: Vec<(u32, [u8; 20])> = self.torrents.iter().map(|e| (e.id, e.t.meta.info_hash)).collect();
+        let list: Vec<(u32, [u8; 20])> = self
+            .torrents
+            .iter()
+            .map(|e| (e.id, e.t.meta.info_hash))
+            .collect();
         let id = ctl::resolve_id(id, &list)?;
         self.torrents
             .iter()
@@ -359,7 +402,12 @@ impl Engine {
         self.deactivate(i, State::Stopped, now);
         // Trackers for the removed torrent were dropped, except its `stopped` announce, which
         // still refers to index i: forget it too, then shift the indices above i.
-        let hs: Vec<Handle> = self.trackers.iter().filter(|(_, c)| c.torrent == i).map(|(h, _)| h).collect();
+        let hs: Vec<Handle> = self
+            .trackers
+            .iter()
+            .filter(|(_, c)| c.torrent == i)
+            .map(|(h, _)| h)
+            .collect();
         for h in hs {
             self.drop_tracker(h);
         }
@@ -377,7 +425,9 @@ impl Engine {
             }
         }
         if let Some(d) = self.daemon.as_mut() {
-            d.state.remove(&e.t.meta.info_hash);
+            if let Err(err) = d.state.remove(&e.t.meta.info_hash) {
+                warn!("daemon: removing state of torrent {}: {err}", e.id);
+            }
         }
         if delete_data {
             delete_torrent_data(&e.dir, &e.t.meta)?;
@@ -408,7 +458,9 @@ impl Engine {
     /// Writes resume data that is due (or all of it with `force`), data files synced first.
     pub(super) fn save_all(&mut self, force: bool) {
         let now = self.now();
-        let Some(d) = self.daemon.as_mut() else { return };
+        let Some(d) = self.daemon.as_mut() else {
+            return;
+        };
         for e in &mut self.torrents {
             if !e.dirty || e.t.state == State::Checking {
                 continue;
@@ -431,8 +483,13 @@ impl Engine {
         if force || now.since(d.last_stats) >= STATS_INTERVAL {
             d.last_stats = now;
             let stats = Self::stats_snapshot(d, &self.torrents, now);
-            if let Err(err) = state::atomic_write(&d.config.stats_file, state::encode_stats(&stats).as_bytes()) {
-                warn!("daemon: stats file {}: {err}", d.config.stats_file.display());
+            if let Err(err) =
+                state::atomic_write(&d.config.stats_file, state::encode_stats(&stats).as_bytes())
+            {
+                warn!(
+                    "daemon: stats file {}: {err}",
+                    d.config.stats_file.display()
+                );
             }
         }
     }
@@ -455,17 +512,22 @@ impl Engine {
         }
         self.save_all(false);
         self.schedule();
-        let due = self
-            .daemon
-            .as_ref()
-            .is_some_and(|d| d.config.watch_dir.is_some() && now.since(d.last_watch) >= WATCH_INTERVAL);
+        let due = self.daemon.as_ref().is_some_and(|d| {
+            d.config.watch_dir.is_some() && now.since(d.last_watch) >= WATCH_INTERVAL
+        });
         if due {
             self.scan_watch_dir(now);
         }
         let late: Vec<Handle> = self
             .daemon
             .as_ref()
-            .map(|d| d.conns.iter().filter(|(_, c)| now >= c.deadline).map(|(h, _)| h).collect())
+            .map(|d| {
+                d.conns
+                    .iter()
+                    .filter(|(_, c)| now >= c.deadline)
+                    .map(|(h, _)| h)
+                    .collect()
+            })
             .unwrap_or_default();
         for h in late {
             self.ctl_close(h);
@@ -473,10 +535,16 @@ impl Engine {
     }
 
     fn scan_watch_dir(&mut self, now: Instant) {
-        let Some(d) = self.daemon.as_mut() else { return };
+        let Some(d) = self.daemon.as_mut() else {
+            return;
+        };
         d.last_watch = now;
-        let Some(dir) = d.config.watch_dir.clone() else { return };
-        let Ok(rd) = std::fs::read_dir(&dir) else { return };
+        let Some(dir) = d.config.watch_dir.clone() else {
+            return;
+        };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
         let mut found: Vec<PathBuf> = rd
             .filter_map(|e| e.ok())
             .map(|e| e.path())
@@ -505,7 +573,9 @@ impl Engine {
 
     /// Keeps a copy of a newly added torrent's file in the state directory.
     fn save_new_torrent(&mut self, id: u32, source: &Path) {
-        let Some(e) = self.torrents.iter().find(|e| e.id == id) else { return };
+        let Some(e) = self.torrents.iter().find(|e| e.id == id) else {
+            return;
+        };
         let hash = e.t.meta.info_hash;
         let bytes = match read_limited(source) {
             Ok(b) => b,
@@ -524,7 +594,9 @@ impl Engine {
 
     /// SIGHUP: re-read the config file and apply what can change at run time.
     pub(super) fn reload_config(&mut self) {
-        let Some(d) = self.daemon.as_mut() else { return };
+        let Some(d) = self.daemon.as_mut() else {
+            return;
+        };
         let env = |k: &str| std::env::var(k).ok();
         match config::load(d.config_path.as_deref(), &env) {
             Ok(c) => {
@@ -547,7 +619,9 @@ impl Engine {
 
     pub(super) fn ctl_accept(&mut self, now: Instant) {
         loop {
-            let Some(d) = self.daemon.as_mut() else { return };
+            let Some(d) = self.daemon.as_mut() else {
+                return;
+            };
             match d.listener.accept() {
                 Ok((stream, _)) => {
                     // Only our own user (or root) may drive the daemon.
@@ -566,12 +640,18 @@ impl Engine {
                         sent: 0,
                         deadline: now + CTL_TIMEOUT,
                     };
-                    let Some(h) = d.conns.insert(conn) else { continue };
+                    let Some(h) = d.conns.insert(conn) else {
+                        continue;
+                    };
                     let c = d.conns.get_mut(h).expect("just inserted");
                     if self
                         .poll
                         .registry()
-                        .register(&mut c.stream, super::token(KIND_CTL, h), Interest::READABLE | Interest::WRITABLE)
+                        .register(
+                            &mut c.stream,
+                            super::token(KIND_CTL, h),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
                         .is_err()
                     {
                         d.conns.remove(h);
@@ -588,14 +668,18 @@ impl Engine {
     }
 
     fn ctl_close(&mut self, h: Handle) {
-        let Some(d) = self.daemon.as_mut() else { return };
+        let Some(d) = self.daemon.as_mut() else {
+            return;
+        };
         if let Some(mut c) = d.conns.remove(h) {
             let _ = self.poll.registry().deregister(&mut c.stream);
         }
     }
 
     pub(super) fn ctl_io(&mut self, h: Handle, now: Instant) {
-        let Some(d) = self.daemon.as_mut() else { return };
+        let Some(d) = self.daemon.as_mut() else {
+            return;
+        };
         let Some(c) = d.conns.get_mut(h) else { return };
         if c.output.is_empty() {
             let mut buf = [0u8; 1024];
@@ -635,7 +719,9 @@ impl Engine {
                     body: format!("{e}\n"),
                 },
             };
-            let Some(d) = self.daemon.as_mut() else { return };
+            let Some(d) = self.daemon.as_mut() else {
+                return;
+            };
             let Some(c) = d.conns.get_mut(h) else { return };
             c.output = ctl::encode_response(&response);
             c.sent = 0;
@@ -644,7 +730,9 @@ impl Engine {
     }
 
     fn ctl_flush(&mut self, h: Handle) {
-        let Some(d) = self.daemon.as_mut() else { return };
+        let Some(d) = self.daemon.as_mut() else {
+            return;
+        };
         let Some(c) = d.conns.get_mut(h) else { return };
         while c.sent < c.output.len() {
             match c.stream.write(&c.output[c.sent..]) {
@@ -666,7 +754,11 @@ impl Engine {
             body: format!("{msg}\n"),
         };
         match env.req {
-            Request::Start { source, dir, paused } => {
+            Request::Start {
+                source,
+                dir,
+                paused,
+            } => {
                 if source.starts_with("magnet:") {
                     return match crate::magnet::parse(&source) {
                         Ok(_) => err(1, "magnet links are accepted but metadata fetching is not part of this build yet".into()),
@@ -674,11 +766,17 @@ impl Engine {
                     };
                 }
                 let path = PathBuf::from(&source);
-                match read_torrent(&path).and_then(|m| self.add_meta(m, dir.map(PathBuf::from), paused, None)) {
+                match read_torrent(&path)
+                    .and_then(|m| self.add_meta(m, dir.map(PathBuf::from), paused, None))
+                {
                     Ok(id) => {
                         self.save_new_torrent(id, &path);
                         self.save_all(false);
-                        ok(if json { format!("{{\"id\":{id}}}\n") } else { format!("{id}\n") })
+                        ok(if json {
+                            format!("{{\"id\":{id}}}\n")
+                        } else {
+                            format!("{id}\n")
+                        })
                     }
                     Err(e) => err(1, e),
                 }
@@ -711,7 +809,13 @@ impl Engine {
             Request::Seed { id } => match self.find(&id) {
                 Ok(i) => {
                     if !self.torrents[i].t.is_complete() {
-                        return err(1, format!("torrent {} is not complete; it cannot seed yet", self.torrents[i].id));
+                        return err(
+                            1,
+                            format!(
+                                "torrent {} is not complete; it cannot seed yet",
+                                self.torrents[i].id
+                            ),
+                        );
                     }
                     let e = &mut self.torrents[i];
                     e.paused = false;
@@ -737,7 +841,9 @@ impl Engine {
                 Err(e) => err(1, e),
             },
             Request::List => {
-                let views: Vec<TorrentView> = (0..self.torrents.len()).map(|i| self.view(i, now)).collect();
+                let views: Vec<TorrentView> = (0..self.torrents.len())
+                    .map(|i| self.view(i, now))
+                    .collect();
                 ok(ctl::format_list(&views, json))
             }
             Request::Status { id } => match self.find(&id) {
@@ -767,7 +873,9 @@ impl Engine {
                 self.begin_shutdown(now, Outcome::Interrupted);
                 ok("shutting down\n".into())
             }
-            Request::Limit { .. } => err(1, "bandwidth limits are not part of this build yet".into()),
+            Request::Limit { .. } => {
+                err(1, "bandwidth limits are not part of this build yet".into())
+            }
         }
     }
 
@@ -818,7 +926,11 @@ impl Engine {
             name: t.meta.name.clone(),
             info_hash: crate::hash::hex(&t.meta.info_hash),
             state: t.state.name().to_string(),
-            percent: if total == 0 { 100.0 } else { have as f64 * 100.0 / total as f64 },
+            percent: if total == 0 {
+                100.0
+            } else {
+                have as f64 * 100.0 / total as f64
+            },
             have_bytes: have,
             total_bytes: total,
             downloaded: e.base_downloaded + t.downloaded,
@@ -857,7 +969,11 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
         .read_to_end(&mut buf)
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if buf.len() as u64 > MAX_TORRENT_FILE {
-        return Err(format!("{}: larger than {} MiB", path.display(), MAX_TORRENT_FILE >> 20));
+        return Err(format!(
+            "{}: larger than {} MiB",
+            path.display(),
+            MAX_TORRENT_FILE >> 20
+        ));
     }
     Ok(buf)
 }

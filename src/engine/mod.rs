@@ -702,35 +702,34 @@ impl Engine {
                     return;
                 }
             };
-            let ti =
-                match p.torrent {
+            let ti = match p.torrent {
+                Some(ti) => {
+                    if self.torrents[ti].t.meta.info_hash != hs.info_hash {
+                        p.close(CloseReason::UnknownTorrent);
+                        return;
+                    }
+                    ti
+                }
+                None => match self.torrents.iter().position(|e| {
+                    e.t.meta.info_hash == hs.info_hash
+                        && matches!(e.t.state, State::Downloading | State::Seeding)
+                }) {
                     Some(ti) => {
-                        if self.torrents[ti].t.meta.info_hash != hs.info_hash {
-                            p.close(CloseReason::UnknownTorrent);
-                            return;
-                        }
+                        let reply = Handshake {
+                            reserved: wire::RESERVED_OURS,
+                            info_hash: hs.info_hash,
+                            peer_id: self.peer_id,
+                        };
+                        p.torrent = Some(ti);
+                        p.push_bytes(&reply.encode());
                         ti
                     }
-                    None => match self.torrents.iter().position(|e| {
-                        e.t.meta.info_hash == hs.info_hash
-                            && matches!(e.t.state, State::Downloading | State::Seeding)
-                    }) {
-                        Some(ti) => {
-                            let reply = Handshake {
-                                reserved: wire::RESERVED_OURS,
-                                info_hash: hs.info_hash,
-                                peer_id: self.peer_id,
-                            };
-                            p.torrent = Some(ti);
-                            p.push_bytes(&reply.encode());
-                            ti
-                        }
-                        None => {
-                            p.close(CloseReason::UnknownTorrent);
-                            return;
-                        }
-                    },
-                };
+                    None => {
+                        p.close(CloseReason::UnknownTorrent);
+                        return;
+                    }
+                },
+            };
             if hs.peer_id == self.peer_id {
                 p.close(CloseReason::SelfConnection);
                 return;
@@ -1013,7 +1012,10 @@ impl Engine {
             if self.trackers.len() >= MAX_TRACKER_CONNS {
                 return;
             }
-            if !matches!(self.torrents[ti].t.state, State::Downloading | State::Seeding) {
+            if !matches!(
+                self.torrents[ti].t.state,
+                State::Downloading | State::Seeding
+            ) {
                 continue;
             }
             if let Some(job) = self.torrents[ti].ann.poll(now) {
