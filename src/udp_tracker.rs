@@ -446,6 +446,18 @@ fn message(b: &[u8]) -> String {
         .collect()
 }
 
+/// The transaction id of a response datagram, for routing it to the exchange that owns it
+/// when several run against one tracker address.
+pub fn response_transaction_id(buf: &[u8]) -> Option<u32> {
+    be_u32(buf, 4)
+}
+
+/// Whether a datagram on a socket shared with the DHT can be a tracker response: actions are
+/// small big-endian integers, so the first byte is 0, while KRPC messages start with `d`.
+pub fn looks_like_tracker_response(buf: &[u8]) -> bool {
+    buf.len() >= RESPONSE_HEADER && buf.first() == Some(&0)
+}
+
 /// Parses a response datagram following BEP 15's checks: at least 8 bytes, the transaction id
 /// we chose, then the action we expect — except that an error packet (action 3) answers any
 /// request. `ipv6` is the address family the datagram came over (it selects the 6- or 18-byte
@@ -719,6 +731,12 @@ impl UdpAnnounce {
 
     pub fn tracker(&self) -> SocketAddr {
         self.tracker
+    }
+
+    /// The transaction id of the request in flight (`None` before the first transmission
+    /// and between a connect reply and the following request).
+    pub fn transaction_id(&self) -> Option<u32> {
+        self.tid
     }
 
     /// When `poll_transmit` next wants to run; `None` once finished or timed out.
@@ -1130,6 +1148,18 @@ mod tests {
     }
 
     #[test]
+    fn demux_helpers() {
+        let b = encode_connect_response(0x55, 1);
+        assert_eq!(response_transaction_id(&b), Some(0x55));
+        assert_eq!(response_transaction_id(&b[..7]), None);
+        assert!(looks_like_tracker_response(&b));
+        assert!(!looks_like_tracker_response(
+            b"d1:rd2:id20:aaaaaaaaaaaaaaaaaaaae1:t2:aa1:y1:re"
+        ));
+        assert!(!looks_like_tracker_response(&b[..7]));
+    }
+
+    #[test]
     fn response_checks_tid_action_and_length() {
         let b = encode_connect_response(1, 2);
         assert_eq!(
@@ -1298,8 +1328,10 @@ mod tests {
         let mut cache = ConnCache::new();
         let mut x = UdpAnnounce::new(at(0), v4(), params(), RetryConfig::default()).unwrap();
         assert_eq!(x.poll_at(), Some(at(0)));
+        assert_eq!(x.transaction_id(), None);
         let c1 = x.poll_transmit(at(0), &cache, &mut rng).unwrap();
         assert_eq!(action_of(&c1), ACTION_CONNECT);
+        assert_eq!(x.transaction_id(), Some(tid_of(&c1)));
         assert_eq!(x.poll_at(), Some(at(15)));
         assert_eq!(x.poll_transmit(at(14), &cache, &mut rng), None);
         // Lost; retransmitted at t = 15 with the same transaction id.
