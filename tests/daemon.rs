@@ -344,7 +344,12 @@ fn daemon_survives_kill_9_during_download() {
     let mut d = Daemon::start(&w, &cfg);
     d.ok(&w, &["start", t.to_str().unwrap()]);
     let mut prng = Prng::new(77);
+    let mut incomplete_kills = 0;
     for round in 0..10 {
+        let s = d.cli(&w, &["status", "1"]);
+        if s.stdout.contains("state: downloading") || s.stdout.contains("state: checking") {
+            incomplete_kills += 1;
+        }
         std::thread::sleep(Duration::from_millis(300 + prng.next_u64() % 700));
         let p = d.proc.take().unwrap();
         let pid = p.pid();
@@ -356,6 +361,10 @@ fn daemon_survives_kill_9_during_download() {
         drop(p);
         d = Daemon::start(&w, &cfg);
     }
+    assert!(
+        incomplete_kills >= 5,
+        "only {incomplete_kills} of 10 kills landed mid-download; the test is not testing"
+    );
     d.wait_state(&w, "1", "seeding", secs(90));
     assert_same_file(&src, &w.path("dl/big.bin"));
     d.shutdown(&w);

@@ -111,6 +111,8 @@ def make_session(args):
     }
     if args.upload_limit:
         settings["upload_rate_limit"] = args.upload_limit
+        # Loopback counts as the local network, which libtorrent exempts from limits.
+        settings["ignore_limits_on_local_network"] = False
     return lt.session(settings)
 
 
