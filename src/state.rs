@@ -359,9 +359,9 @@ impl StateDir {
             .join(format!("{}.resume", hex(info_hash)))
     }
 
-    /// Default location of the statistics file (`stats.json` in the root).
+    /// Default location of the statistics file (`stats` in the root, as config.rs defaults it).
     pub fn stats_path(&self) -> PathBuf {
-        self.root.join("stats.json")
+        self.root.join("stats")
     }
 
     pub fn save_torrent(&self, info_hash: &[u8; 20], bytes: &[u8]) -> io::Result<()> {
