@@ -864,6 +864,20 @@ mod tests {
         drop(again);
     }
 
+    /// The daemon's socket check relies on `sys::peer_uid`; tested here because this module's
+    /// owner adds those wrappers (the sys test module belongs to another engineer).
+    #[test]
+    fn peer_uid_of_socketpair_is_our_uid() {
+        use std::os::unix::io::AsRawFd;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(
+            crate::sys::peer_uid(a.as_raw_fd()).unwrap(),
+            crate::sys::getuid()
+        );
+        let f = File::open("/dev/null").unwrap();
+        assert!(crate::sys::peer_uid(f.as_raw_fd()).is_err());
+    }
+
     #[test]
     fn stats_round_trip_and_tolerate_damage() {
         let t = TempDir::new("st");
