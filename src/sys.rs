@@ -345,23 +345,20 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
     File::open(path)?.sync_all()
 }
 
-/// Detaches from the terminal the classic way: fork (the parent exits 0 at once), `setsid`,
-/// fork again (so the daemon can never reacquire a controlling terminal), `chdir("/")`, and
-/// stdin/stdout/stderr onto `/dev/null`. Call before any thread is started and before the
-/// event loop is built; errors after the first fork can only be reported by the child.
-pub fn daemonize() -> io::Result<()> {
-    fn fork_and_exit_parent() -> io::Result<()> {
-        // SAFETY: the process is single-threaded at this point (documented precondition), so
-        // the child may run arbitrary code after fork.
-        match unsafe { libc::fork() } {
-            -1 => Err(io::Error::last_os_error()),
-            0 => Ok(()),
-            // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the child
-            // now; it never returns.
-            _ => unsafe { libc::_exit(0) },
-        }
+fn fork_and_exit_parent() -> io::Result<()> {
+    // SAFETY: the process is single-threaded at this point (documented precondition of the
+    // callers), so the child may run arbitrary code after fork.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(()),
+        // SAFETY: _exit skips atexit handlers and stdio flushing, which belong to the child
+        // now; it never returns.
+        _ => unsafe { libc::_exit(0) },
     }
-    fork_and_exit_parent()?;
+}
+
+/// The part of daemonizing after the first fork: new session, second fork, `/`, null stdio.
+fn detach_after_first_fork() -> io::Result<()> {
     // SAFETY: setsid has no memory effects; it fails only if we already lead a group, which a
     // freshly forked child never does.
     if unsafe { libc::setsid() } == -1 {
@@ -382,6 +379,52 @@ pub fn daemonize() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Detaches from the terminal the classic way: fork (the parent exits 0 at once), `setsid`,
+/// fork again (so the daemon can never reacquire a controlling terminal), `chdir("/")`, and
+/// stdin/stdout/stderr onto `/dev/null`. Call before any thread is started and before the
+/// event loop is built; errors after the first fork can only be reported by the child.
+pub fn daemonize() -> io::Result<()> {
+    fork_and_exit_parent()?;
+    detach_after_first_fork()
+}
+
+/// Like [`daemonize`], but the original process waits until the daemon says it is ready, so
+/// `atorrent daemon --detach` returns only once the daemon listens (init scripts can then use
+/// it at once). Returns, in the daemon, the write end of a pipe: write the single byte `0` when
+/// ready (exit status 0 for the waiting parent); dropping it unwritten, or the daemon dying,
+/// makes the parent exit 1. Same preconditions as [`daemonize`].
+pub fn daemonize_notify() -> io::Result<File> {
+    use std::os::unix::io::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we pass.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created by pipe2 and are owned by nothing else.
+    let (read_end, write_end) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: single-threaded precondition, as in fork_and_exit_parent.
+    match unsafe { libc::fork() } {
+        -1 => return Err(io::Error::last_os_error()),
+        0 => drop(read_end),
+        _ => {
+            drop(write_end);
+            let mut b = [1u8; 1];
+            let n = loop {
+                match (&read_end).read(&mut b) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Ok(n) => break n,
+                    Err(_) => break 0,
+                }
+            };
+            let status = if n == 1 && b[0] == b'0' { 0 } else { 1 };
+            // SAFETY: as in fork_and_exit_parent; the daemon child owns everything now.
+            unsafe { libc::_exit(status) }
+        }
+    }
+    detach_after_first_fork()?;
+    Ok(write_end)
 }
 
 #[cfg(test)]
