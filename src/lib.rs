@@ -17,6 +17,7 @@ pub mod choker;
 pub mod cli;
 pub mod config;
 pub mod create;
+pub mod dht;
 pub mod dns;
 pub mod engine;
 pub mod hash;
