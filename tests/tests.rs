@@ -5,4 +5,5 @@
 
 mod cli;
 mod common;
+mod dht_sim;
 mod interop;

@@ -15,6 +15,9 @@ pub const ALPHA: usize = 3;
 /// Candidates kept per search; farther ones are dropped. Bounds memory per lookup while
 /// leaving room beyond the K closest for nodes that do not answer.
 pub const MAX_CANDIDATES: usize = 32;
+/// Queries per candidate before it counts as failed. BEP 5 suggests trying a silent node
+/// "once more"; one lost datagram should not drop one of the K closest from the result.
+pub const MAX_TRIES: u8 = 2;
 /// Addresses without known id (bootstrap routers) queried at the start of a search.
 pub const MAX_SEEDS: usize = 16;
 
@@ -35,6 +38,8 @@ pub struct Candidate {
     pub hop: u32,
     /// The write token it gave us (get_peers).
     pub token: Option<Vec<u8>>,
+    /// Queries sent to it.
+    pub tries: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +88,7 @@ impl Search {
                 state: CandState::New,
                 hop,
                 token: None,
+                tries: 0,
             },
         );
         self.cands.truncate(MAX_CANDIDATES);
@@ -114,6 +120,7 @@ impl Search {
             live += 1;
             if c.state == CandState::New {
                 c.state = CandState::InFlight;
+                c.tries = c.tries.saturating_add(1);
                 self.messages = self.messages.saturating_add(1);
                 return Some(c.info);
             }
@@ -155,10 +162,15 @@ impl Search {
         hop
     }
 
+    /// A query timed out: the candidate is asked again until `MAX_TRIES`, then failed.
     pub fn on_failure(&mut self, addr: &SocketAddr) {
         if let Some(c) = self.find_mut(addr) {
             if c.state == CandState::InFlight {
-                c.state = CandState::Failed;
+                c.state = if c.tries < MAX_TRIES {
+                    CandState::New
+                } else {
+                    CandState::Failed
+                };
             }
         }
     }
@@ -256,13 +268,17 @@ mod tests {
             let q = s.next_query().expect("progress");
             if q == node(2) {
                 s.on_failure(&q.addr);
+                assert_eq!(s.cands[1].state, CandState::New, "retried once");
+                let again = s.next_query().unwrap();
+                assert_eq!(again, node(2));
+                s.on_failure(&again.addr);
             } else {
                 s.on_response(q, Some(vec![1]), &[]);
             }
         }
         let got: Vec<u8> = s.closest_responded().iter().map(|c| c.info.id[0]).collect();
         assert_eq!(got, vec![1, 3, 4, 5, 6, 7, 8, 9]);
-        assert_eq!(s.messages, 9);
+        assert_eq!(s.messages, 10);
     }
 
     #[test]

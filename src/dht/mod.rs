@@ -945,5 +945,52 @@ impl Dht {
     }
 }
 
+/// Encodes nodes for the state file: a bencoded dictionary with compact `nodes` (26-byte)
+/// and `nodes6` (38-byte) strings, the same encodings as on the wire.
+pub fn save_nodes(nodes: &[NodeInfo]) -> Vec<u8> {
+    let (v4, v6): (Vec<NodeInfo>, Vec<NodeInfo>) = nodes
+        .iter()
+        .take(MAX_IMPORT)
+        .partition(|n| fam(&n.addr) == 0);
+    let mut b4 = Vec::new();
+    krpc::put_nodes(&mut b4, &v4);
+    let mut b6 = Vec::new();
+    krpc::put_nodes(&mut b6, &v6);
+    let mut out = Vec::with_capacity(b4.len() + b6.len() + 32);
+    out.push(b'd');
+    crate::bencode::put_kv_bytes(&mut out, "nodes", &b4);
+    crate::bencode::put_kv_bytes(&mut out, "nodes6", &b6);
+    out.push(b'e');
+    out
+}
+
+/// Decodes a state file written by `save_nodes`; at most `MAX_IMPORT` nodes, malformed input
+/// gives an empty list (the DHT then bootstraps from the routers).
+pub fn load_nodes(buf: &[u8]) -> Vec<NodeInfo> {
+    let Ok(v) = crate::bencode::decode(buf) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (key, size) in [
+        (&b"nodes"[..], krpc::COMPACT_NODE_V4),
+        (&b"nodes6"[..], krpc::COMPACT_NODE_V6),
+    ] {
+        let Some(b) = v.get(key).and_then(|x| x.as_bytes()) else {
+            continue;
+        };
+        for chunk in b.chunks_exact(size) {
+            if out.len() >= MAX_IMPORT {
+                break;
+            }
+            let id: Option<NodeId> = chunk.get(..20).and_then(|x| x.try_into().ok());
+            let addr = chunk.get(20..).and_then(krpc::decode_peer);
+            if let (Some(id), Some(addr)) = (id, addr) {
+                out.push(NodeInfo { id, addr });
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -365,7 +365,7 @@ impl Table {
             .filter(|x| x.status(now) != Status::Bad)
             .map(|x| (distance(&x.id, target), x.info()))
             .collect();
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.sort_unstable_by_key(|a| a.0);
         all.truncate(n);
         all.into_iter().map(|(_, i)| i).collect()
     }

@@ -625,3 +625,25 @@ fn garbage_datagrams_never_panic() {
     }
     d.handle_timeout(t(100));
 }
+
+#[test]
+fn saved_nodes_roundtrip_and_garbage_is_empty() {
+    let nodes: Vec<NodeInfo> = (1..=40u8)
+        .map(|i| NodeInfo {
+            id: [i; 20],
+            addr: if i % 2 == 0 {
+                a4(i, 1)
+            } else {
+                a6(u16::from(i), 1)
+            },
+        })
+        .collect();
+    let bytes = save_nodes(&nodes);
+    let mut back = load_nodes(&bytes);
+    back.sort_by_key(|n| n.id);
+    assert_eq!(back, nodes);
+    for i in 0..bytes.len() {
+        let _ = load_nodes(&bytes[..i]);
+    }
+    assert!(load_nodes(b"garbage").is_empty());
+}
