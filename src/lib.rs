@@ -2,13 +2,15 @@
 //!
 //! Layers (lower layers never import higher ones):
 //! - 0 vocabulary: `time`, `rng`, `hash`, `bitfield` — plain data, no I/O, no clock.
-//! - 1 codecs: `bencode`, `metainfo`, `wire`, `tracker`, `dns`, `ctl` — bytes in, values out.
-//! - 2 state machines: `picker`, `choker`, `peer`, `torrent` — take `now` and bytes, give bytes
-//!   and actions; never touch a socket, a file or the clock.
-//! - 3 I/O shell: `engine` (the only owner of mio and the clock), `net` (socket setup),
-//!   `storage` (the only module that touches torrent data files), `sys` (every `unsafe`/libc
-//!   call), `create` (hashes files into a new .torrent), `state` (resume data, metainfo copies
-//!   and the lock in the state directory), `logfile` (the size-capped log file).
+//! - 1 codecs: `bencode`, `metainfo`, `magnet`, `wire`, `ext` (BEP 9/10/11), `tracker` (HTTP),
+//!   `udp_tracker` (BEP 15), `dns`, `mse` (encryption handshake), `ctl` (control protocol) —
+//!   bytes in, values out.
+//! - 2 state machines: `picker`, `choker`, `announce`, `ratelimit`, `peer`, `torrent`, `dht` —
+//!   take `now` and bytes, give bytes and actions; never touch a socket, a file or the clock.
+//! - 3 I/O shell: `engine` (the only owner of mio and the clock; the daemon lives in
+//!   `engine::daemon`), `net` (socket setup), `storage` (the only module that touches torrent
+//!   data files), `state` (daemon state files), `logfile`, `sys` (every libc call that needs
+//!   `unsafe`), `create` (hashes files into a new .torrent).
 //! - 4 process setup: `cli`, `config`.
 
 pub mod announce;
@@ -19,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod create;
 pub mod ctl;
+pub mod dht;
 pub mod dns;
 pub mod engine;
 pub mod ext;
