@@ -120,6 +120,7 @@ fn daemon(
         peer_buffer_size: config.peer_buffer_size as usize,
         chunks: chunk_count(&config),
         seed: true,
+        encryption: config.enable_encryption,
         progress: Progress::Quiet,
     };
     let outcome = run_daemon(
@@ -389,6 +390,7 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
         peer_buffer_size: config.peer_buffer_size as usize,
         chunks: chunk_count(config),
         seed: a.seed,
+        encryption: config.enable_encryption,
         progress,
     };
     let mut engine = Engine::new(opts).map_err(|e| e.to_string())?;

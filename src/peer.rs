@@ -54,6 +54,10 @@ pub enum CloseReason {
     BadPiece,
     TooManyRequests,
     NotInteresting,
+    /// The encryption handshake failed (or the peer does not speak MSE).
+    Encryption(String),
+    /// A plaintext peer while `enable_encryption = require`.
+    PlaintextRefused,
     Shutdown,
     TorrentStopped,
 }
@@ -74,6 +78,8 @@ impl fmt::Display for CloseReason {
             CloseReason::BadPiece => f.write_str("sent corrupt data"),
             CloseReason::TooManyRequests => f.write_str("request flood"),
             CloseReason::NotInteresting => f.write_str("neither side interested"),
+            CloseReason::Encryption(e) => write!(f, "encryption handshake failed: {e}"),
+            CloseReason::PlaintextRefused => f.write_str("plaintext refused (encryption required)"),
             CloseReason::Shutdown => f.write_str("shutting down"),
             CloseReason::TorrentStopped => f.write_str("torrent stopped"),
         }
@@ -84,6 +90,8 @@ impl fmt::Display for CloseReason {
 pub enum Phase {
     /// Outgoing TCP connect in progress.
     Connecting,
+    /// MSE/PE key exchange (BEP 8 style encryption) before the BitTorrent handshake.
+    Mse,
     /// Waiting for the remote handshake.
     Handshake,
     Established,
@@ -160,6 +168,16 @@ pub struct PeerConn {
     pub hash_failures: u32,
     pub close: Option<CloseReason>,
 
+    /// The encryption handshake while `phase == Mse`.
+    pub mse: Option<Box<crate::mse::Handshake>>,
+    /// RC4 keystreams once MSE selected RC4: `rc4_in` decrypts what is read, `rc4_out`
+    /// encrypts `tx` bytes up to `tx_crypted` just before they are written.
+    pub rc4_in: Option<crate::mse::Rc4>,
+    pub rc4_out: Option<crate::mse::Rc4>,
+    pub tx_crypted: usize,
+    /// Whether the stream is encrypted (MSE selected RC4).
+    pub encrypted: bool,
+
     pub rx: Vec<u8>,
     pub rx_len: usize,
     pub tx: Vec<u8>,
@@ -201,6 +219,11 @@ impl PeerConn {
             unexpected_blocks: 0,
             hash_failures: 0,
             close: None,
+            mse: None,
+            rc4_in: None,
+            rc4_out: None,
+            tx_crypted: 0,
+            encrypted: false,
             rx: vec![0; buf_size],
             rx_len: 0,
             tx: vec![0; buf_size],
@@ -250,6 +273,7 @@ impl PeerConn {
         if self.tx_pos == self.tx_len {
             self.tx_pos = 0;
             self.tx_len = 0;
+            self.tx_crypted = 0;
         }
     }
 
@@ -258,6 +282,7 @@ impl PeerConn {
         if self.tx_pos > 0 && self.tx.len() - self.tx_len < self.tx.len() / 2 {
             self.tx.copy_within(self.tx_pos..self.tx_len, 0);
             self.tx_len -= self.tx_pos;
+            self.tx_crypted = self.tx_crypted.saturating_sub(self.tx_pos);
             self.tx_pos = 0;
         }
         self.tx.len() - self.tx_len
@@ -292,6 +317,24 @@ impl PeerConn {
     pub fn close(&mut self, reason: CloseReason) {
         if self.close.is_none() {
             self.close = Some(reason);
+        }
+    }
+
+    /// Encrypts bytes queued since the last call (no-op on a plaintext stream). Called just
+    /// before writing, so every byte is encrypted exactly once and in stream order.
+    pub fn encrypt_pending(&mut self) {
+        if let Some(rc4) = self.rc4_out.as_mut() {
+            if self.tx_crypted < self.tx_len {
+                rc4.apply(&mut self.tx[self.tx_crypted..self.tx_len]);
+            }
+        }
+        self.tx_crypted = self.tx_len;
+    }
+
+    /// Decrypts `n` bytes just read into `rx` at `start` (no-op on a plaintext stream).
+    pub fn decrypt_received(&mut self, start: usize, n: usize) {
+        if let Some(rc4) = self.rc4_in.as_mut() {
+            rc4.apply(&mut self.rx[start..start + n]);
         }
     }
 

@@ -149,6 +149,8 @@ pub struct Candidate {
     pub failures: u8,
     pub next_attempt: Instant,
     pub banned: bool,
+    /// The peer failed the encryption handshake: with `prefer`, dial it in plaintext.
+    pub plain_only: bool,
 }
 
 /// Things the engine must act on, drained with `poll_event`.
@@ -373,6 +375,7 @@ impl Torrent {
             failures: 0,
             next_attempt: now,
             banned: false,
+            plain_only: false,
         });
     }
 
@@ -408,6 +411,22 @@ impl Torrent {
                 c.next_attempt = now + Duration::from_secs(backoff);
             }
         }
+    }
+
+    /// Retry `addr` at once without encryption (it refused or failed MSE).
+    pub fn mark_plain_only(&mut self, addr: SocketAddr, now: Instant) {
+        if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == addr) {
+            if !c.plain_only {
+                c.plain_only = true;
+                c.next_attempt = now;
+            }
+        }
+    }
+
+    pub fn candidate_plain_only(&self, addr: &SocketAddr) -> bool {
+        self.candidates
+            .iter()
+            .any(|c| c.addr == *addr && c.plain_only)
     }
 
     pub fn is_banned(&self, addr: &SocketAddr) -> bool {
@@ -492,6 +511,10 @@ impl Torrent {
                     used += n;
                     p.last_rx = now;
                     self.handle_message(p, msg, now, bufs);
+                    // A peer banned by the piece it just completed gets nothing more read.
+                    if !self.banned.is_empty() && self.banned.contains(&p.addr) {
+                        p.close(CloseReason::BadPiece);
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {

@@ -22,7 +22,9 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token};
 
 use crate::announce::{Announcer, Job, Reply};
+use crate::config::Encryption;
 use crate::dns;
+use crate::mse::{self, CryptoSet};
 use crate::net;
 use crate::peer::{CloseReason, PeerConn, Phase, HANDSHAKE_TIMEOUT};
 use crate::pool::{Handle, Slots};
@@ -79,6 +81,8 @@ pub struct Options {
     pub chunks: usize,
     /// Keep running and seeding once complete.
     pub seed: bool,
+    /// MSE/PE: off (plaintext only), prefer (try encrypted, fall back), require.
+    pub encryption: Encryption,
     pub progress: Progress,
 }
 
@@ -522,12 +526,41 @@ impl Engine {
         p.reset(addr, outgoing, now);
         p.torrent = torrent;
         if let Some(ti) = torrent {
+            let info_hash = self.torrents[ti].t.meta.info_hash;
             let hs = Handshake {
                 reserved: wire::RESERVED_OURS,
-                info_hash: self.torrents[ti].t.meta.info_hash,
+                info_hash,
                 peer_id: self.peer_id,
             };
-            p.push_bytes(&hs.encode());
+            let encrypt = match self.opts.encryption {
+                Encryption::Off => false,
+                Encryption::Prefer => !self.torrents[ti].t.candidate_plain_only(&addr),
+                Encryption::Require => true,
+            };
+            if encrypt {
+                // Our BitTorrent handshake rides in the MSE initial payload (IA).
+                let provide = match self.opts.encryption {
+                    Encryption::Require => CryptoSet::RC4,
+                    _ => CryptoSet::BOTH,
+                };
+                match self.mse_keys() {
+                    Ok((key, pad)) => {
+                        match mse::Handshake::initiator(info_hash, key, &pad, provide, &hs.encode())
+                        {
+                            Ok(mut m) => {
+                                let mut out = Vec::new();
+                                m.poll_transmit(&mut out);
+                                p.push_bytes(&out);
+                                p.mse = Some(Box::new(m));
+                            }
+                            Err(e) => p.close(CloseReason::Encryption(e.to_string())),
+                        }
+                    }
+                    Err(e) => p.close(CloseReason::Encryption(e.to_string())),
+                }
+            } else {
+                p.push_bytes(&hs.encode());
+            }
         }
         let Some(h) = self.peers.insert(p) else {
             return false;
@@ -565,7 +598,11 @@ impl Engine {
             }
             match s.peer_addr() {
                 Ok(_) => {
-                    p.phase = Phase::Handshake;
+                    p.phase = if p.mse.is_some() {
+                        Phase::Mse
+                    } else {
+                        Phase::Handshake
+                    };
                     debug!("peer {}: connected", p.addr);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -615,6 +652,7 @@ impl Engine {
         let Some(s) = self.streams[h.index as usize].as_mut() else {
             return;
         };
+        p.encrypt_pending();
         while !p.tx_pending().is_empty() {
             match s.write(p.tx_pending()) {
                 Ok(0) => {
@@ -654,6 +692,8 @@ impl Engine {
                         p.close(CloseReason::PeerClosed);
                     }
                     Ok(n) => {
+                        let start = p.rx_len;
+                        p.decrypt_received(start, n);
                         p.rx_len += n;
                         budget = budget.saturating_sub(n);
                     }
@@ -690,6 +730,7 @@ impl Engine {
 
     /// Handshake handling (which needs the torrent list) and then the torrent's parser.
     fn process_input(&mut self, h: Handle, now: Instant) {
+        self.process_encryption(h);
         let Some(p) = self.peers.get_mut(h) else {
             return;
         };
@@ -765,6 +806,127 @@ impl Engine {
         }
     }
 
+    /// A private key (from the OS) and random padding for one MSE handshake.
+    fn mse_keys(&mut self) -> io::Result<([u8; 20], Vec<u8>)> {
+        let mut key = [0u8; 20];
+        crate::sys::getrandom(&mut key)?;
+        // Padding hides the handshake's length; its content need not be secret.
+        let mut pad = vec![0u8; self.rng.below(mse::MAX_PAD_LEN + 1)];
+        self.rng.fill(&mut pad);
+        Ok((key, pad))
+    }
+
+    /// Incoming streams: tells MSE from a plaintext handshake. Then runs the MSE handshake
+    /// (either side) until it completes and hands the decrypted remainder to the BitTorrent
+    /// handshake.
+    fn process_encryption(&mut self, h: Handle) {
+        let encryption = self.opts.encryption;
+        let Some(p) = self.peers.get_mut(h) else {
+            return;
+        };
+        if p.phase == Phase::Handshake && !p.outgoing && p.torrent.is_none() && p.mse.is_none() {
+            let first = &p.rx[..p.rx_len.min(20)];
+            let plain_prefix =
+                first.is_empty() || (first[0] == 19 && wire::PROTOCOL.starts_with(&first[1..]));
+            if plain_prefix && first.len() < 20 {
+                return; // not enough to tell yet
+            }
+            if mse::looks_like_plain_bt(first) {
+                if encryption == Encryption::Require {
+                    p.close(CloseReason::PlaintextRefused);
+                }
+                return;
+            }
+            if encryption == Encryption::Off {
+                p.close(CloseReason::BadHandshake);
+                return;
+            }
+            let hashes: Vec<[u8; 20]> = self
+                .torrents
+                .iter()
+                .filter(|e| matches!(e.t.state, State::Downloading | State::Seeding))
+                .map(|e| e.t.meta.info_hash)
+                .collect();
+            let allowed = match encryption {
+                Encryption::Require => CryptoSet::RC4,
+                _ => CryptoSet::BOTH,
+            };
+            let keys = self.mse_keys();
+            let Some(p) = self.peers.get_mut(h) else {
+                return;
+            };
+            match keys.map_err(|e| e.to_string()).and_then(|(key, pad)| {
+                mse::Handshake::responder(&hashes, key, &pad, allowed).map_err(|e| e.to_string())
+            }) {
+                Ok(m) => {
+                    p.mse = Some(Box::new(m));
+                    p.phase = Phase::Mse;
+                }
+                Err(e) => {
+                    p.close(CloseReason::Encryption(e));
+                    return;
+                }
+            }
+        }
+        let Some(p) = self.peers.get_mut(h) else {
+            return;
+        };
+        if p.phase != Phase::Mse {
+            return;
+        }
+        let Some(m) = p.mse.as_mut() else {
+            return;
+        };
+        let result = m.handle_bytes(&p.rx[..p.rx_len]);
+        let mut out = Vec::new();
+        m.poll_transmit(&mut out);
+        let outcome = if m.is_done() { m.take_outcome() } else { None };
+        match result {
+            Ok(n) => p.rx_consume(n),
+            Err(e) => {
+                p.close(CloseReason::Encryption(e.to_string()));
+                return;
+            }
+        }
+        if !p.push_bytes(&out) {
+            p.close(CloseReason::Encryption(
+                "handshake does not fit the send buffer".into(),
+            ));
+            return;
+        }
+        let Some(o) = outcome else {
+            return;
+        };
+        p.mse = None;
+        p.phase = Phase::Handshake;
+        // Everything queued so far is the MSE handshake itself, already in its final form.
+        p.tx_crypted = p.tx_len;
+        if let Some((rc4_in, rc4_out)) = o.cipher {
+            p.rc4_in = Some(rc4_in);
+            p.rc4_out = Some(rc4_out);
+            p.encrypted = true;
+        }
+        // The peer's BitTorrent handshake (the responder's IA) and whatever followed the MSE
+        // handshake, already decrypted, go in front of any bytes still unparsed.
+        let mut front = o.initial_payload;
+        front.extend_from_slice(&o.leftover);
+        let rest = p.rx_len;
+        if front.len() + rest > p.rx.len() {
+            p.close(CloseReason::Encryption(
+                "handshake payload too large".into(),
+            ));
+            return;
+        }
+        p.rx.copy_within(0..rest, front.len());
+        p.rx[..front.len()].copy_from_slice(&front);
+        p.rx_len += front.len();
+        debug!(
+            "peer {}: encryption {}",
+            p.addr,
+            if p.encrypted { "rc4" } else { "plaintext" }
+        );
+    }
+
     fn close_peer(&mut self, h: Handle, now: Instant) {
         let Some(mut p) = self.peers.remove(h) else {
             return;
@@ -774,9 +936,15 @@ impl Engine {
         }
         let reason = p.close.clone().unwrap_or(CloseReason::PeerClosed);
         debug!("peer {}: closed: {}", p.addr, reason);
+        let mse_failed = p.phase == Phase::Mse && p.outgoing;
         if let Some(ti) = p.torrent {
             if let Some(e) = self.torrents.get_mut(ti) {
                 e.t.on_closed(&mut p, now);
+                if mse_failed && self.opts.encryption == Encryption::Prefer {
+                    // The peer may not speak MSE: dial it again in plaintext.
+                    e.t.mark_plain_only(p.addr, now);
+                    self.connect_soon = true;
+                }
             }
         }
         self.spare.push(p);
@@ -872,7 +1040,7 @@ impl Engine {
                     Phase::Connecting if age > CONNECT_TIMEOUT => {
                         p.close(CloseReason::ConnectFailed("timed out".into()))
                     }
-                    Phase::Handshake if age > HANDSHAKE_TIMEOUT => {
+                    Phase::Handshake | Phase::Mse if age > HANDSHAKE_TIMEOUT => {
                         p.close(CloseReason::HandshakeTimeout)
                     }
                     _ => {}
