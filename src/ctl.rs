@@ -541,6 +541,8 @@ pub struct TorrentView {
     pub eta_secs: Option<u64>,
     pub dir: String,
     pub error: Option<String>,
+    /// Why the torrent stopped by itself (e.g. its seeding limit was reached).
+    pub note: Option<String>,
     pub trackers: Vec<TrackerView>,
 }
 
@@ -835,6 +837,9 @@ pub fn format_status(v: &TorrentView, json: bool) -> String {
     }
     if let Some(e) = &v.error {
         let _ = writeln!(s, "error: {}", sanitize(e));
+    }
+    if let Some(n) = &v.note {
+        let _ = writeln!(s, "note: {}", sanitize(n));
     }
     s
 }
@@ -1245,6 +1250,7 @@ mod tests {
             eta_secs: Some(3723),
             dir: "/mnt/usb/dl".into(),
             error: None,
+            note: None,
             trackers: vec![
                 TrackerView {
                     url: "http://t.example/announce".into(),

@@ -111,18 +111,7 @@ fn daemon(
         !d.detach,
     )
     .map_err(|e| format!("log file: {e}"))?;
-    let opts = Options {
-        listen_port: config.listen_port,
-        bind: config.bind_address,
-        enable_ipv6: config.enable_ipv6,
-        max_connections: config.max_connections as usize,
-        max_half_open: config.max_half_open as usize,
-        peer_buffer_size: config.peer_buffer_size as usize,
-        chunks: chunk_count(&config),
-        seed: true,
-        encryption: config.enable_encryption,
-        progress: Progress::Quiet,
-    };
+    let opts = engine_options(&config, true, Progress::Quiet);
     let outcome = run_daemon(
         opts,
         DaemonSettings {
@@ -381,18 +370,7 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
     } else {
         Progress::Lines
     };
-    let opts = Options {
-        listen_port: config.listen_port,
-        bind: config.bind_address,
-        enable_ipv6: config.enable_ipv6,
-        max_connections: config.max_connections as usize,
-        max_half_open: config.max_half_open as usize,
-        peer_buffer_size: config.peer_buffer_size as usize,
-        chunks: chunk_count(config),
-        seed: a.seed,
-        encryption: config.enable_encryption,
-        progress,
-    };
+    let opts = engine_options(config, a.seed, progress);
     let mut engine = Engine::new(opts).map_err(|e| e.to_string())?;
     let mut seed = [0u8; 8];
     sys::getrandom(&mut seed).map_err(|e| e.to_string())?;
@@ -427,6 +405,29 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
         Outcome::Interrupted if a.seed || engine.all_complete() => Ok(ExitCode::SUCCESS),
         Outcome::Interrupted => Err("interrupted before the download completed".into()),
         Outcome::Failed(e) => Err(e),
+    }
+}
+
+/// The engine's settings from the configuration (shared by `download` and `daemon`).
+fn engine_options(config: &Config, seed: bool, progress: Progress) -> Options {
+    Options {
+        listen_port: config.listen_port,
+        bind: config.bind_address,
+        enable_ipv6: config.enable_ipv6,
+        max_connections: config.max_connections as usize,
+        max_half_open: config.max_half_open as usize,
+        peer_buffer_size: config.peer_buffer_size as usize,
+        chunks: chunk_count(config),
+        seed,
+        progress,
+        encryption: config.enable_encryption,
+        down_limit: config.down_limit,
+        up_limit: config.up_limit,
+        alt_limits: config
+            .alt_schedule
+            .map(|s| (config.alt_down_limit, config.alt_up_limit, s)),
+        seed_ratio: config.seed_ratio,
+        seed_time: config.seed_time,
     }
 }
 

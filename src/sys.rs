@@ -427,6 +427,23 @@ pub fn daemonize_notify() -> io::Result<File> {
     Ok(write_end)
 }
 
+/// Local weekday (0 = Sunday) and minute of the day, for `alt_schedule`.
+pub fn local_weekday_minute() -> (u8, u16) {
+    // SAFETY: time(NULL) has no memory effects; localtime_r fills the zeroed `tm` we own and
+    // returns null on failure, which we check.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return (0, 0);
+        }
+        (
+            tm.tm_wday.clamp(0, 6) as u8,
+            (tm.tm_hour * 60 + tm.tm_min).clamp(0, 1439) as u16,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -348,7 +348,7 @@ impl Engine {
 
     /// Takes a torrent out of the swarm: closes its peers, drops its partial pieces and
     /// tracker exchanges, and announces `stopped`.
-    fn deactivate(&mut self, i: usize, state: State, now: Instant) {
+    pub(super) fn deactivate(&mut self, i: usize, state: State, now: Instant) {
         let handles: Vec<Handle> = self
             .peers
             .iter()
@@ -873,9 +873,41 @@ impl Engine {
                 self.begin_shutdown(now, Outcome::Interrupted);
                 ok("shutting down\n".into())
             }
-            Request::Limit { .. } => {
-                err(1, "bandwidth limits are not part of this build yet".into())
+            Request::Limit { id: None, down, up } => {
+                self.set_global_limits(now, down, up);
+                ok(format!(
+                    "limits: down {} up {}\n",
+                    crate::cli::format_rate(self.opts.down_limit),
+                    crate::cli::format_rate(self.opts.up_limit)
+                ))
             }
+            Request::Limit {
+                id: Some(id),
+                down,
+                up,
+            } => match self.find(&id) {
+                Ok(i) => {
+                    let e = &mut self.torrents[i];
+                    if let Some(d) = down {
+                        e.down_bucket.set_rate(
+                            now,
+                            d,
+                            d.map_or(0, crate::ratelimit::default_burst),
+                        );
+                    }
+                    if let Some(u) = up {
+                        e.up_bucket
+                            .set_rate(now, u, u.map_or(0, crate::ratelimit::default_burst));
+                    }
+                    ok(format!(
+                        "torrent {} limits: down {} up {}\n",
+                        e.id,
+                        crate::cli::format_rate(e.down_bucket.rate()),
+                        crate::cli::format_rate(e.up_bucket.rate())
+                    ))
+                }
+                Err(e) => err(1, e),
+            },
         }
     }
 
@@ -947,6 +979,7 @@ impl Engine {
                 State::Error(s) => Some(s.clone()),
                 _ => None,
             },
+            note: e.note.clone(),
             trackers,
         }
     }

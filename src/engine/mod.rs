@@ -28,6 +28,7 @@ use crate::mse::{self, CryptoSet};
 use crate::net;
 use crate::peer::{CloseReason, PeerConn, Phase, HANDSHAKE_TIMEOUT};
 use crate::pool::{Handle, Slots};
+use crate::ratelimit::{Limiter, TokenBucket};
 use crate::time::Instant;
 use crate::torrent::{Buffers, Event as TorrentEvent, State, Torrent};
 use crate::tracker::{self, Announce, Event as TrackerEvent, Scheme, Url};
@@ -83,6 +84,14 @@ pub struct Options {
     pub seed: bool,
     /// MSE/PE: off (plaintext only), prefer (try encrypted, fall back), require.
     pub encryption: Encryption,
+    /// Global rate limits in bytes/s (None = unlimited), counting every byte on peer sockets.
+    pub down_limit: Option<u64>,
+    pub up_limit: Option<u64>,
+    /// Alternative limits and when they apply (`alt_limits`, `alt_schedule`).
+    pub alt_limits: Option<(Option<u64>, Option<u64>, crate::config::Schedule)>,
+    /// Seeding stops at this upload/size ratio (0 = never) or after this many seconds.
+    pub seed_ratio: f64,
+    pub seed_time: u64,
     pub progress: Progress,
 }
 
@@ -126,6 +135,12 @@ struct Entry {
     /// Bytes counted in earlier sessions (from resume data), for status and ratio.
     base_downloaded: u64,
     base_uploaded: u64,
+    down_bucket: TokenBucket,
+    up_bucket: TokenBucket,
+    /// When this torrent started seeding (for `seed_time`).
+    seeding_since: Option<Instant>,
+    /// Why the torrent stopped by itself (seeding limits), shown in `status`.
+    note: Option<String>,
 }
 
 pub struct Engine {
@@ -144,6 +159,12 @@ pub struct Engine {
     resolvers: Vec<SocketAddr>,
     dns_next_id: u16,
     torrents: Vec<Entry>,
+    down: Limiter,
+    up: Limiter,
+    /// Peers whose reads wait for download tokens, and when tokens return.
+    throttled: Vec<Handle>,
+    wake_at: Option<Instant>,
+    alt_active: bool,
     bufs: Buffers,
     daemon: Option<daemon::DaemonState>,
     peer_id: [u8; 20],
@@ -201,6 +222,11 @@ impl Engine {
             resolvers: Vec::new(),
             dns_next_id: (rng.next_u32() & 0xffff) as u16,
             torrents: Vec::new(),
+            down: Limiter::new(opts.down_limit),
+            up: Limiter::new(opts.up_limit),
+            throttled: Vec::new(),
+            wake_at: None,
+            alt_active: false,
             bufs: Buffers::new(opts.chunks),
             daemon: None,
             peer_id,
@@ -315,6 +341,10 @@ impl Engine {
             paused: false,
             base_downloaded: 0,
             base_uploaded: 0,
+            down_bucket: TokenBucket::unlimited(),
+            up_bucket: TokenBucket::unlimited(),
+            seeding_since: None,
+            note: None,
         });
         self.torrents.len() - 1
     }
@@ -351,7 +381,8 @@ impl Engine {
             let timeout = if !self.again.is_empty() || checking {
                 Duration::ZERO
             } else {
-                next_tick.since(now).min(Duration::from_millis(1000))
+                let wake = self.wake_at.map_or(next_tick, |w| w.min(next_tick));
+                wake.since(now).min(Duration::from_millis(1000))
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -360,6 +391,10 @@ impl Engine {
             }
             let now = self.now();
             let mut touched = std::mem::take(&mut self.again);
+            if self.wake_at.is_some_and(|w| now >= w) {
+                self.wake_at = None;
+                touched.append(&mut self.throttled);
+            }
             for ev in events.iter() {
                 let (kind, gen, index) = split(ev.token());
                 match kind {
@@ -653,22 +688,44 @@ impl Engine {
             return;
         };
         p.encrypt_pending();
-        while !p.tx_pending().is_empty() {
-            match s.write(p.tx_pending()) {
+        // Upload limit: write only what the global and per-torrent buckets grant; the rest
+        // waits for the wake-up at which tokens return.
+        let pending = p.tx_pending().len() as u64;
+        let mut granted = match p.torrent.and_then(|ti| self.torrents.get_mut(ti)) {
+            Some(e) if pending > 0 => self.up.grant(now, &mut e.up_bucket, pending),
+            _ => pending,
+        };
+        if granted < pending {
+            if let Some(e) = p.torrent.and_then(|ti| self.torrents.get_mut(ti)) {
+                let want = (pending - granted).min(e.up_bucket.burst().max(1));
+                if let Some(w) = self.up.next_available_at(now, &mut e.up_bucket, want) {
+                    self.wake_at = Some(self.wake_at.map_or(w, |x| x.min(w)));
+                }
+            }
+        }
+        while granted > 0 && !p.tx_pending().is_empty() {
+            let n = (granted as usize).min(p.tx_pending().len());
+            match s.write(&p.tx_pending()[..n]) {
                 Ok(0) => {
                     p.close(CloseReason::PeerClosed);
-                    return;
+                    break;
                 }
                 Ok(n) => {
                     p.tx_consumed(n);
                     p.last_tx = now;
+                    granted -= n as u64;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     p.close(CloseReason::Io(format!("write: {e}")));
-                    return;
+                    break;
                 }
+            }
+        }
+        if granted > 0 {
+            if let Some(e) = p.torrent.and_then(|ti| self.torrents.get_mut(ti)) {
+                self.up.refund(&mut e.up_bucket, granted);
             }
         }
     }
@@ -687,7 +744,32 @@ impl Engine {
             };
             let mut would_block = false;
             if p.rx_len < p.rx.len() {
-                match s.read(p.rx_free()) {
+                // Download limit: read only what the buckets grant (handshakes are free).
+                let free = (p.rx.len() - p.rx_len) as u64;
+                let entry = match p.phase {
+                    Phase::Established => p.torrent.and_then(|ti| self.torrents.get_mut(ti)),
+                    _ => None,
+                };
+                let granted = match entry {
+                    Some(e) => {
+                        let g = self.down.grant(now, &mut e.down_bucket, free);
+                        if g == 0 {
+                            let want = free.min(e.down_bucket.burst().max(1));
+                            if let Some(w) =
+                                self.down.next_available_at(now, &mut e.down_bucket, want)
+                            {
+                                self.wake_at = Some(self.wake_at.map_or(w, |x| x.min(w)));
+                            }
+                            self.throttled.push(h);
+                            return;
+                        }
+                        g
+                    }
+                    None => free,
+                };
+                let end = p.rx_len + granted as usize;
+                let mut got = 0u64;
+                match s.read(&mut p.rx[p.rx_len..end]) {
                     Ok(0) => {
                         p.close(CloseReason::PeerClosed);
                     }
@@ -696,10 +778,18 @@ impl Engine {
                         p.decrypt_received(start, n);
                         p.rx_len += n;
                         budget = budget.saturating_sub(n);
+                        got = n as u64;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block = true,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => p.close(CloseReason::Io(format!("read: {e}"))),
+                }
+                if got < granted {
+                    if let Some(e) = p.torrent.and_then(|ti| self.torrents.get_mut(ti)) {
+                        if p.phase == Phase::Established {
+                            self.down.refund(&mut e.down_bucket, granted - got);
+                        }
+                    }
                 }
             }
             let before = p.rx_len;
@@ -1065,6 +1155,8 @@ impl Engine {
             self.announce(now);
         }
         self.tracker_timeouts(now);
+        self.apply_alt_schedule(now);
+        self.seeding_policy(now);
         self.daemon_tick(now);
         self.after_io(now);
         self.print_progress(now, false);
@@ -1106,6 +1198,88 @@ impl Engine {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// Switches between the normal and the alternative limits as `alt_schedule` says.
+    fn apply_alt_schedule(&mut self, now: Instant) {
+        let Some((alt_down, alt_up, sched)) = &self.opts.alt_limits else {
+            return;
+        };
+        let (day, minute) = crate::sys::local_weekday_minute();
+        let active = sched.active(day, minute);
+        if active == self.alt_active {
+            return;
+        }
+        self.alt_active = active;
+        let (d, u) = if active {
+            (*alt_down, *alt_up)
+        } else {
+            (self.opts.down_limit, self.opts.up_limit)
+        };
+        info!(
+            "limits: {} (down {:?} up {:?})",
+            if active { "alternative" } else { "normal" },
+            d,
+            u
+        );
+        self.down.set_global_rate(now, d);
+        self.up.set_global_rate(now, u);
+    }
+
+    /// Sets the global limits at run time (`atorrent limit`), outside any alt schedule.
+    pub fn set_global_limits(
+        &mut self,
+        now: Instant,
+        down: Option<Option<u64>>,
+        up: Option<Option<u64>>,
+    ) {
+        if let Some(d) = down {
+            self.opts.down_limit = d;
+            if !self.alt_active {
+                self.down.set_global_rate(now, d);
+            }
+        }
+        if let Some(u) = up {
+            self.opts.up_limit = u;
+            if !self.alt_active {
+                self.up.set_global_rate(now, u);
+            }
+        }
+    }
+
+    /// Stops seeding torrents that reached `seed_ratio` (uploaded / size) or `seed_time`.
+    fn seeding_policy(&mut self, now: Instant) {
+        let (ratio_limit, time_limit) = (self.opts.seed_ratio, self.opts.seed_time);
+        for i in 0..self.torrents.len() {
+            let e = &mut self.torrents[i];
+            if e.t.state != State::Seeding {
+                e.seeding_since = None;
+                continue;
+            }
+            let since = *e.seeding_since.get_or_insert(now);
+            if ratio_limit <= 0.0 && time_limit == 0 {
+                continue;
+            }
+            let size = e.t.meta.total_length.max(1) as f64;
+            let ratio = (e.base_uploaded + e.t.uploaded) as f64 / size;
+            let seeded = now.since(since).as_secs();
+            let why = if ratio_limit > 0.0 && ratio >= ratio_limit {
+                format!("seeding stopped: ratio {ratio:.2} reached the limit {ratio_limit:.2}")
+            } else if time_limit > 0 && seeded >= time_limit {
+                format!("seeding stopped: seeded for {seeded} s (limit {time_limit} s)")
+            } else {
+                continue;
+            };
+            info!("torrent {}: {}", e.id, why);
+            e.note = Some(why.clone());
+            if self.daemon.is_some() {
+                self.torrents[i].paused = true;
+                self.deactivate(i, State::Stopped, now);
+            } else {
+                println!("{why}");
+                self.begin_shutdown(now, Outcome::Complete);
             }
         }
     }
