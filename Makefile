@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint demo bench setup
+.PHONY: all build test lint demo bench bench-limits setup
 
 all: build
 
@@ -23,6 +23,9 @@ demo:
 
 bench:
 	bash scripts/bench.sh
+
+bench-limits:
+	bash scripts/bench-limits.sh
 
 setup:
 	bash scripts/setup.sh

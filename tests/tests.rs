@@ -11,3 +11,4 @@ mod daemon;
 mod dht_sim;
 mod hostile;
 mod interop;
+mod limits;
