@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint demo bench bench-limits setup
+.PHONY: all build test lint demo bench bench-ctl bench-limits setup
 
 all: build
 
@@ -23,6 +23,11 @@ demo:
 
 bench:
 	bash scripts/bench.sh
+	bash scripts/bench-ctl.sh
+
+# `atorrent list` round-trip (p50/p99/max) while the daemon downloads at full speed.
+bench-ctl:
+	bash scripts/bench-ctl.sh
 
 bench-limits:
 	bash scripts/bench-limits.sh

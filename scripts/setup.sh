@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the integration tests, `make demo` and `make bench` need on Debian 12:
 # the real peers (opentracker, libtorrent's Python binding, aria2, transmission), mktorrent,
-# GNU time for measurements, and rustfmt/clippy for `make lint`.
+# GNU time for measurements, systemd-analyze (package systemd) and man (man-db) for the
+# init-script and man-page tests, and rustfmt/clippy for `make lint`.
 # Idempotent and quiet: apt is skipped when every package is already installed.
 set -euo pipefail
 
@@ -17,6 +18,8 @@ PKGS=(
   make
   diffutils
   coreutils
+  systemd
+  man-db
 )
 
 missing=()

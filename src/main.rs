@@ -96,32 +96,36 @@ fn daemon(
     config: Config,
     config_path: Option<PathBuf>,
 ) -> Result<ExitCode, String> {
-    if d.detach {
-        sys::daemonize().map_err(|e| format!("cannot detach: {e}"))?;
-    }
-    if let Some(pid_file) = &d.pid_file {
-        std::fs::write(pid_file, format!("{}\n", std::process::id()))
-            .map_err(|e| format!("{}: {e}", pid_file.display()))?;
-    }
-    logfile::init(
+    // Paths given relative to the caller's directory, before --detach moves to `/`.
+    let pid_file = d.pid_file.as_ref().map(|p| absolute(p));
+    let config_path = config_path.map(|p| absolute(&p));
+    // --detach: the parent returns only once the daemon listens, or fails with its error.
+    let on_ready = if d.detach {
+        Some(sys::daemonize_notify().map_err(|e| format!("cannot detach: {e}"))?)
+    } else {
+        None
+    };
+    if let Err(e) = logfile::init(
         config.log_file.as_deref(),
         config.log_level.to_filter(),
         config.log_format == LogFormat::Json,
         config.log_max_size,
         !d.detach,
-    )
-    .map_err(|e| format!("log file: {e}"))?;
+    ) {
+        let msg = format!("log file: {e}");
+        sys::notify_ready(on_ready, Err(&msg));
+        return Err(msg);
+    }
     let opts = engine_options(&config, true, Progress::Quiet);
     let outcome = run_daemon(
         opts,
         DaemonSettings {
             config,
             config_path,
+            pid_file,
+            on_ready,
         },
     );
-    if let Some(pid_file) = &d.pid_file {
-        let _ = std::fs::remove_file(pid_file);
-    }
     match outcome? {
         Outcome::Failed(e) => Err(e),
         _ => Ok(ExitCode::SUCCESS),

@@ -10,7 +10,7 @@
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::ops::{Deref, DerefMut};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -392,9 +392,10 @@ pub fn daemonize() -> io::Result<()> {
 
 /// Like [`daemonize`], but the original process waits until the daemon says it is ready, so
 /// `atorrent daemon --detach` returns only once the daemon listens (init scripts can then use
-/// it at once). Returns, in the daemon, the write end of a pipe: write the single byte `0` when
-/// ready (exit status 0 for the waiting parent); dropping it unwritten, or the daemon dying,
-/// makes the parent exit 1. Same preconditions as [`daemonize`].
+/// it at once). Returns, in the daemon, the write end of a pipe for [`notify_ready`]: `0`
+/// means ready (exit status 0 for the waiting parent); `1` and a message, dropping it
+/// unwritten, or the daemon dying make the parent exit 1 (printing the message to its stderr,
+/// which unlike the daemon's is still the caller's). Same preconditions as [`daemonize`].
 pub fn daemonize_notify() -> io::Result<File> {
     use std::os::unix::io::FromRawFd;
     let mut fds = [0 as libc::c_int; 2];
@@ -410,15 +411,20 @@ pub fn daemonize_notify() -> io::Result<File> {
         0 => drop(read_end),
         _ => {
             drop(write_end);
-            let mut b = [1u8; 1];
-            let n = loop {
-                match (&read_end).read(&mut b) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Ok(n) => break n,
-                    Err(_) => break 0,
+            let mut msg = Vec::new();
+            // The daemon's message is one short line; the cap only bounds a confused writer.
+            let _ = (&read_end).take(MAX_NOTIFY_MESSAGE).read_to_end(&mut msg);
+            let status = match msg.split_first() {
+                Some((b'0', _)) => 0,
+                Some((b'1', text)) if !text.is_empty() => {
+                    eprintln!("atorrent: {}", String::from_utf8_lossy(text).trim_end());
+                    1
+                }
+                _ => {
+                    eprintln!("atorrent: the daemon exited before it was ready (see its log)");
+                    1
                 }
             };
-            let status = if n == 1 && b[0] == b'0' { 0 } else { 1 };
             // SAFETY: as in fork_and_exit_parent; the daemon child owns everything now.
             unsafe { libc::_exit(status) }
         }
@@ -441,6 +447,22 @@ pub fn local_weekday_minute() -> (u8, u16) {
             tm.tm_wday.clamp(0, 6) as u8,
             (tm.tm_hour * 60 + tm.tm_min).clamp(0, 1439) as u16,
         )
+    }
+}
+
+/// Longest start-up error read from a detaching daemon.
+const MAX_NOTIFY_MESSAGE: u64 = 4096;
+
+/// Tells the parent waiting in [`daemonize_notify`] how start-up went: `0` (ready) or `1` and
+/// the error text; the pipe is closed on return. No pipe (not detached) is a no-op, and a
+/// parent that is gone (EPIPE) is no error for the daemon.
+pub fn notify_ready(pipe: Option<File>, result: Result<(), &str>) {
+    if let Some(mut f) = pipe {
+        let msg = match result {
+            Ok(()) => b"0".to_vec(),
+            Err(e) => format!("1{e}").into_bytes(),
+        };
+        let _ = f.write_all(&msg);
     }
 }
 
@@ -494,6 +516,33 @@ mod tests {
     fn open_direct_missing_file_readonly_fails() {
         let p = std::env::temp_dir().join(format!("atorrent-sys-missing-{}", std::process::id()));
         assert!(open_direct(&p, false).is_err());
+    }
+
+    fn pipe() -> (File, File) {
+        use std::os::unix::io::FromRawFd;
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two fresh descriptors, owned by the Files below.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn notify_ready_ok_writes_zero_and_closes() {
+        let (mut r, w) = pipe();
+        notify_ready(Some(w), Ok(()));
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"0");
+    }
+
+    #[test]
+    fn notify_ready_error_writes_one_and_message() {
+        let (mut r, w) = pipe();
+        notify_ready(Some(w), Err("control socket /x: permission denied"));
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"1control socket /x: permission denied");
+        notify_ready(None, Ok(()));
     }
 
     #[test]

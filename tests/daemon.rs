@@ -369,3 +369,149 @@ fn daemon_survives_kill_9_during_download() {
     assert_same_file(&src, &w.path("dl/big.bin"));
     d.shutdown(&w);
 }
+
+/// Whether `pid` names a live process (a zombie awaiting its reaper counts as gone: a detached
+/// daemon is not our child, and a container's init may be slow to reap it).
+pub fn pid_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3, after the parenthesised command name, is the state letter.
+        Ok(s) => s
+            .rsplit_once(") ")
+            .map(|(_, rest)| !rest.starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Kills a detached daemon (found through its pid file) if a test fails before `shutdown`.
+pub struct DetachedGuard(pub PathBuf);
+
+impl Drop for DetachedGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            if pid_alive(pid) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
+/// Polls until `pid` is gone and `pid_file` removed.
+pub fn wait_gone(w: &Work, pid: u32, pid_file: &Path, within: Duration) {
+    let end = Instant::now() + w.cap(within);
+    while pid_alive(pid) || pid_file.exists() {
+        assert!(
+            Instant::now() < end,
+            "daemon pid {pid} alive={} pid file present={} after {within:?}",
+            pid_alive(pid),
+            pid_file.exists()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `daemon --detach --pid-file`: the parent returns promptly, once the control socket is up
+/// (`list` works at once, with no polling); the pid file names the live daemon; a second
+/// detached daemon fails in its parent with the lock error and leaves the pid file alone;
+/// `shutdown` stops the daemon and removes the pid file.
+#[test]
+fn daemon_detach_returns_when_listening_with_pid_file() {
+    let w = Work::new("daemon_detach");
+    let cfg = write_config(&w, "");
+    let pid_file = w.path("run/atorrent.pid");
+    fs::create_dir_all(pid_file.parent().unwrap()).unwrap();
+    let _guard = DetachedGuard(pid_file.clone());
+    let detach = || {
+        let mut cmd = Command::new(atorrent_bin());
+        cmd.arg("--config")
+            .arg(&cfg)
+            .args(["daemon", "--detach", "--pid-file"])
+            .arg(&pid_file);
+        let t0 = Instant::now();
+        let o = run(&w, cmd, secs(20));
+        (o, t0.elapsed())
+    };
+
+    let (o, took) = detach();
+    assert!(
+        o.status.success(),
+        "detach failed: {:?} {}",
+        o.code(),
+        o.stderr
+    );
+    assert!(took < secs(5), "--detach took {took:?} to return");
+    let text = fs::read_to_string(&pid_file).expect("pid file written before the parent exits");
+    let pid: u32 = text.trim().parse().expect("pid file holds a number");
+    assert!(text.ends_with('\n'), "pid file {text:?}");
+    assert!(pid_alive(pid), "pid {pid} from the pid file is not running");
+    assert_ne!(pid, std::process::id());
+
+    // Ready means ready: the very first client command is served.
+    let mut cmd = Command::new(atorrent_bin());
+    cmd.arg("--config").arg(&cfg).arg("list");
+    let l = run(&w, cmd, secs(10));
+    assert!(
+        l.status.success(),
+        "list right after --detach: {:?} {}",
+        l.code(),
+        l.stderr
+    );
+    assert!(l.stdout.starts_with("ID"), "{}", l.stdout);
+
+    // A second detached daemon on the same state directory: its parent reports the daemon's
+    // start-up error (stderr is still the caller's) and exits 1; the first one's pid file stays.
+    let (o2, took2) = detach();
+    assert_eq!(o2.code(), Some(1), "second daemon: {}", o2.stderr);
+    assert!(took2 < secs(5), "failed --detach took {took2:?}");
+    assert!(
+        o2.stderr.contains("another atorrent daemon"),
+        "second daemon stderr: {}",
+        o2.stderr
+    );
+    assert_eq!(fs::read_to_string(&pid_file).unwrap(), text);
+    assert!(pid_alive(pid));
+
+    let mut cmd = Command::new(atorrent_bin());
+    cmd.arg("--config").arg(&cfg).arg("shutdown");
+    let s = run(&w, cmd, secs(10));
+    assert!(s.status.success(), "shutdown: {}", s.stderr);
+    wait_gone(&w, pid, &pid_file, secs(20));
+    assert!(!w.path("state/control.sock").exists(), "socket left behind");
+}
+
+/// A detached daemon that cannot start (its control socket path is unusable) makes the
+/// `--detach` parent exit 1 with the reason, instead of 0 with nothing running.
+#[test]
+fn daemon_detach_start_failure_reaches_the_caller() {
+    let w = Work::new("daemon_detach_fail");
+    // A regular file where the socket's directory should be.
+    fs::write(w.path("blocker"), b"x").unwrap();
+    let cfg = write_config(
+        &w,
+        &format!(
+            "control_socket = {}\n",
+            w.path("blocker/control.sock").display()
+        ),
+    );
+    let pid_file = w.path("atorrent.pid");
+    let _guard = DetachedGuard(pid_file.clone());
+    let mut cmd = Command::new(atorrent_bin());
+    cmd.arg("--config")
+        .arg(&cfg)
+        .args(["daemon", "--detach", "--pid-file"])
+        .arg(&pid_file);
+    let o = run(&w, cmd, secs(20));
+    assert_eq!(o.code(), Some(1), "{}", o.stderr);
+    assert!(
+        o.stderr.starts_with("atorrent: ") && o.stderr.contains("blocker"),
+        "stderr: {}",
+        o.stderr
+    );
+    assert!(
+        !pid_file.exists(),
+        "pid file written by a daemon that never ran"
+    );
+}

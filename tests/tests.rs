@@ -2,7 +2,8 @@
 //! `common` is compiled once. `interop` runs atorrent against real peers on loopback
 //! (libtorrent, opentracker, aria2c, transmission-cli); `hostile` against a misbehaving peer
 //! written here; `daemon` drives the daemon through its control socket; `dht_sim` runs a
-//! thousand in-process DHT nodes on virtual time; `cli` checks the command-line contract.
+//! thousand in-process DHT nodes on virtual time; `limits` checks bandwidth and seeding limits;
+//! `packaging` the init scripts and the man page; `cli` checks the command-line contract.
 //! Needs the peer programs from scripts/setup.sh.
 
 mod cli;
@@ -12,3 +13,4 @@ mod dht_sim;
 mod hostile;
 mod interop;
 mod limits;
+mod packaging;

@@ -52,6 +52,12 @@ pub(super) const CHECK_BUDGET: u64 = 4 << 20;
 pub struct DaemonSettings {
     pub config: Config,
     pub config_path: Option<PathBuf>,
+    /// Written with this process's id once the state lock is held (so a second daemon refused
+    /// by the lock never touches the first one's pid file); removed at exit.
+    pub pid_file: Option<PathBuf>,
+    /// The `--detach` readiness pipe (`sys::daemonize_notify`): receives `0` once the control
+    /// socket accepts connections, or `1` and the error if start-up fails.
+    pub on_ready: Option<std::fs::File>,
 }
 
 pub(super) struct CtlConn {
@@ -94,8 +100,32 @@ fn direct_io(mode: DirectIoMode) -> DirectIo {
 }
 
 /// Runs the daemon until `shutdown` or a signal. The caller has set up logging and, for
-/// `--detach`, forked already.
-pub fn run_daemon(opts: Options, settings: DaemonSettings) -> Result<Outcome, String> {
+/// `--detach`, forked already (`settings.on_ready` is then told when the socket is up).
+pub fn run_daemon(opts: Options, mut settings: DaemonSettings) -> Result<Outcome, String> {
+    let on_ready = settings.on_ready.take();
+    match start_daemon(opts, settings) {
+        Ok((mut engine, socket_path, pid_file)) => {
+            crate::sys::notify_ready(on_ready, Ok(()));
+            let outcome = engine.run();
+            engine.save_all(true);
+            let _ = std::fs::remove_file(&socket_path);
+            if let Some(p) = pid_file {
+                let _ = std::fs::remove_file(p);
+            }
+            Ok(outcome)
+        }
+        Err(e) => {
+            crate::sys::notify_ready(on_ready, Err(&e));
+            Err(e)
+        }
+    }
+}
+
+/// Start-up up to a listening control socket: lock, socket, engine, saved torrents, pid file.
+fn start_daemon(
+    opts: Options,
+    settings: DaemonSettings,
+) -> Result<(Engine, PathBuf, Option<PathBuf>), String> {
     let config = settings.config;
     let state = StateDir::new(&config.state_dir)
         .map_err(|e| format!("state directory {}: {e}", config.state_dir.display()))?;
@@ -138,11 +168,14 @@ pub fn run_daemon(opts: Options, settings: DaemonSettings) -> Result<Outcome, St
         uid: crate::sys::getuid(),
     });
     engine.load_saved_torrents();
+    if let Some(p) = &settings.pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id())).map_err(|e| {
+            let _ = std::fs::remove_file(&socket_path);
+            format!("pid file {}: {e}", p.display())
+        })?;
+    }
     info!("daemon: control socket {}", socket_path.display());
-    let outcome = engine.run();
-    engine.save_all(true);
-    let _ = std::fs::remove_file(&socket_path);
-    Ok(outcome)
+    Ok((engine, socket_path, settings.pid_file))
 }
 
 impl Engine {
