@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what `make cross`, `make cross-test` and `make size` need on Debian 12, and says
+# what it does. Idempotent: each step is skipped when already done.
+#   - apt: qemu-user-static (the qemu-*-static runners in .cargo/config.toml), file
+#   - a local venv .venv-zig (gitignored) with zig and cargo-zigbuild from PyPI; zig's wheel
+#     carries musl and libunwind for every target, so no other toolchain is needed
+#   - rustup: the rust-src component (for -Zbuild-std) and the targets that ship a rust-std
+# Versions are the ones verified in the cross-build notes; change them together.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+ZIG_VERSION=0.17.1
+ZIGBUILD_VERSION=0.24.1
+VENV=.venv-zig
+RUSTUP_TARGETS=(x86_64-unknown-linux-musl aarch64-unknown-linux-musl)
+
+say() { echo "cross/setup: $*"; }
+
+# 1. apt packages
+missing=()
+for p in qemu-user-static file python3-venv; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]})); then
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  say "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq >/dev/null
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  say "apt packages present (qemu-user-static, file, python3-venv)"
+fi
+
+# 2. zig + cargo-zigbuild in a local venv
+want_pip() {
+  "$VENV/bin/pip" show "$1" 2>/dev/null | grep -qx "Version: $2"
+}
+if [ ! -x "$VENV/bin/pip" ]; then
+  say "creating venv $VENV"
+  python3 -m venv "$VENV"
+fi
+if want_pip ziglang "$ZIG_VERSION" && want_pip cargo-zigbuild "$ZIGBUILD_VERSION"; then
+  say "$VENV has ziglang $ZIG_VERSION and cargo-zigbuild $ZIGBUILD_VERSION"
+else
+  say "pip install ziglang==$ZIG_VERSION cargo-zigbuild==$ZIGBUILD_VERSION into $VENV"
+  "$VENV/bin/pip" install -q "ziglang==$ZIG_VERSION" "cargo-zigbuild==$ZIGBUILD_VERSION"
+fi
+
+# 3. rustup component and targets (stable toolchain; build-std is enabled with RUSTC_BOOTSTRAP)
+if rustup component list --installed | grep -q '^rust-src'; then
+  say "rustup component rust-src present"
+else
+  say "rustup component add rust-src"
+  rustup component add rust-src
+fi
+installed=$(rustup target list --installed)
+for t in "${RUSTUP_TARGETS[@]}"; do
+  if grep -qx "$t" <<<"$installed"; then
+    say "rustup target $t present"
+  else
+    say "rustup target add $t"
+    rustup target add "$t"
+  fi
+done
+
+say "done ($("$VENV/bin/python3" -m ziglang version), $("$VENV/bin/cargo-zigbuild" --version))"
