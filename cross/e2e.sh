@@ -4,7 +4,8 @@
 # loopback from a NATIVE atorrent seeder (target/release/atorrent), and the bytes are compared
 # with cmp. Default: every target. Build first: `make build cross`.
 # E2E_SIZE_KB (default 4096, plus an odd tail so the last piece is short) and E2E_TIMEOUT
-# (seconds per download, default 180) tune it. Prints one line per target; exits 1 if any failed.
+# (seconds per download, default 180) tune it; E2E_KEEP=1 keeps the work directory and logs.
+# Prints one line per target with the downloader's last output line; exits 1 if any failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -32,7 +33,11 @@ cleanup() {
     kill "$seed_pid" 2>/dev/null || true
     wait "$seed_pid" 2>/dev/null || true
   fi
-  rm -rf "$work"
+  if [ "${E2E_KEEP:-}" = 1 ]; then
+    echo "cross/e2e: kept $work" >&2
+  else
+    rm -rf "$work"
+  fi
 }
 trap cleanup EXIT
 
@@ -64,7 +69,7 @@ for t in "${targets[@]}"; do
     --peer "$SEED_IP:$seed_port" >"$work/$t.out" 2>"$work/$t.err" || rc=$?
   secs=$(python3 -c "print('%.1f' % ($(now) - $t0))")
   if [ "$rc" = 0 ] && cmp -s "$work/seed/payload.bin" "$dl/payload.bin"; then
-    printf 'cross/e2e: %-32s ok   %5ss\n' "$t" "$secs"
+    printf 'cross/e2e: %-32s ok   %5ss  %s\n' "$t" "$secs" "$(grep -a "^complete" "$work/$t.out" | tail -1)"
   else
     why="exit $rc"
     if [ "$rc" = 124 ]; then why="timed out after ${TIMEOUT}s"; fi
