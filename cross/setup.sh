@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make cross`, `make cross-test` and `make size` need on Debian 12, and says
 # what it does. Idempotent: each step is skipped when already done.
-#   - apt: qemu-user-static (the qemu-*-static runners in .cargo/config.toml), file
+#   - apt: qemu-user-static (the qemu-*-static runners in .cargo/config.toml), file, and
+#     llvm for llvm-strip (cross/size.sh; the only strip here that handles every target)
 #   - a local venv .venv-zig (gitignored) with zig and cargo-zigbuild from PyPI; zig's wheel
 #     carries musl and libunwind for every target, so no other toolchain is needed
 #   - rustup: the rust-src component (for -Zbuild-std) and the targets that ship a rust-std
@@ -19,7 +20,9 @@ say() { echo "cross/setup: $*"; }
 
 # 1. apt packages
 missing=()
-for p in qemu-user-static file python3-venv; do
+apt_pkgs=(qemu-user-static file python3-venv)
+if ! command -v llvm-strip >/dev/null; then apt_pkgs+=(llvm); fi
+for p in "${apt_pkgs[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
     missing+=("$p")
   fi
@@ -32,12 +35,15 @@ if ((${#missing[@]})); then
   $SUDO apt-get update -qq >/dev/null
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-  say "apt packages present (qemu-user-static, file, python3-venv)"
+  say "apt packages present (${apt_pkgs[*]}; llvm-strip at $(command -v llvm-strip))"
 fi
 
 # 2. zig + cargo-zigbuild in a local venv
 want_pip() {
-  "$VENV/bin/pip" show "$1" 2>/dev/null | grep -qx "Version: $2"
+  # Capture first: `grep -q` exiting early would break pip's pipe and fail under pipefail.
+  local info
+  info=$("$VENV/bin/pip" show "$1" 2>/dev/null) || return 1
+  grep -qx "Version: $2" <<<"$info"
 }
 if [ ! -x "$VENV/bin/pip" ]; then
   say "creating venv $VENV"
