@@ -57,7 +57,7 @@ else
 fi
 
 # 3. rustup component and targets (stable toolchain; build-std is enabled with RUSTC_BOOTSTRAP)
-if rustup component list --installed | grep -q '^rust-src'; then
+if grep -q "^rust-src" <<<"$(rustup component list --installed)"; then
   say "rustup component rust-src present"
 else
   say "rustup component add rust-src"
