@@ -41,12 +41,12 @@ for rate in $RATES; do
   head -c "$size" /dev/urandom >"$work/seed/l.bin"
   "$BIN" create "$work/seed/l.bin" -o "$work/l.torrent" >/dev/null
   sport=$(free_port 127.0.0.2)
-  "$BIN" -q download "$work/l.torrent" --dir "$work/seed" --seed --bind 127.0.0.2 --port "$sport" \
+  "$BIN" -q download --no-dht "$work/l.torrent" --dir "$work/seed" --seed --bind 127.0.0.2 --port "$sport" \
     >"$work/seed.log" 2>&1 &
   seed_pid=$!
   wait_line "$work/seed.log" '^seeding ' 120 $seed_pid
   start=$(now)
-  "$BIN" -q download "$work/l.torrent" --dir "$work/dl" --bind 127.0.0.3 \
+  "$BIN" -q download --no-dht "$work/l.torrent" --dir "$work/dl" --bind 127.0.0.3 \
     --port "$(free_port 127.0.0.3)" --peer "127.0.0.2:$sport" --down "$rate" >"$work/dl.log" 2>&1
   end=$(now)
   kill "$seed_pid" 2>/dev/null || true

@@ -92,7 +92,7 @@ for client in $CLIENTS; do
   echo "bench: $client on $ip:$port ..."
   case $client in
     atorrent)
-      $TIME -v -o "$tfile" timeout "$TIMEOUT" "$BIN" download "$work/bench.torrent" --dir "$dl" \
+      $TIME -v -o "$tfile" timeout "$TIMEOUT" "$BIN" download --no-dht "$work/bench.torrent" --dir "$dl" \
         --bind "$ip" --port "$port" >"$log" 2>&1 || rc=$?
       ;;
     aria2c)

@@ -38,7 +38,7 @@ seed_port=$(free_port $SEED_IP)
 dl_port=$(free_port $DL_IP)
 
 echo "== seeding on $SEED_IP:$seed_port"
-"$BIN" download "$work/demo.torrent" --dir "$work/seed" --bind $SEED_IP --port "$seed_port" \
+"$BIN" download --no-dht "$work/demo.torrent" --dir "$work/seed" --bind $SEED_IP --port "$seed_port" \
   --seed >"$work/seed.out" 2>"$work/seed.err" &
 seed_pid=$!
 if ! wait_line "$work/seed.out" '^seeding ' 120 "$seed_pid"; then
@@ -49,7 +49,7 @@ fi
 echo "== downloading on $DL_IP:$dl_port from $SEED_IP:$seed_port"
 t0=$(now)
 rc=0
-timeout "$TIMEOUT" "$BIN" download "$work/demo.torrent" --dir "$work/dl" --bind $DL_IP \
+timeout "$TIMEOUT" "$BIN" download --no-dht "$work/demo.torrent" --dir "$work/dl" --bind $DL_IP \
   --port "$dl_port" --peer "$SEED_IP:$seed_port" >"$work/dl.out" 2>"$work/dl.err" || rc=$?
 t1=$(now)
 if [ "$rc" != 0 ]; then

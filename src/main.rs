@@ -116,7 +116,8 @@ fn daemon(
         sys::notify_ready(on_ready, Err(&msg));
         return Err(msg);
     }
-    let opts = engine_options(&config, true, Progress::Quiet);
+    let mut opts = engine_options(&config, true, Progress::Quiet);
+    opts.dht_state = Some(config.state_dir.join("dht.dat"));
     let outcome = run_daemon(
         opts,
         DaemonSettings {
@@ -432,7 +433,33 @@ fn engine_options(config: &Config, seed: bool, progress: Progress) -> Options {
             .map(|s| (config.alt_down_limit, config.alt_up_limit, s)),
         seed_ratio: config.seed_ratio,
         seed_time: config.seed_time,
+        dht_port: config.dht_port,
+        enable_dht: config.enable_dht,
+        dht_bootstrap: if config.enable_dht {
+            resolve_bootstrap(&config.dht_bootstrap)
+        } else {
+            Vec::new()
+        },
+        dht_max_nodes: config.dht_max_nodes as usize,
+        dht_state: None,
     }
+}
+
+/// DHT bootstrap nodes as addresses. Names are resolved once here, before the event loop
+/// starts (a name that does not resolve is skipped with a warning).
+fn resolve_bootstrap(nodes: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for n in nodes {
+        if let Ok(a) = n.parse::<SocketAddr>() {
+            out.push(a);
+            continue;
+        }
+        match n.to_socket_addrs() {
+            Ok(addrs) => out.extend(addrs.take(2)),
+            Err(e) => log::warn!("dht: bootstrap node {n}: {e}"),
+        }
+    }
+    out
 }
 
 /// `block_buffers` (16 KiB each) rounded up to whole 256 KiB assembly chunks.

@@ -108,6 +108,7 @@ pub fn run_daemon(opts: Options, mut settings: DaemonSettings) -> Result<Outcome
             crate::sys::notify_ready(on_ready, Ok(()));
             let outcome = engine.run();
             engine.save_all(true);
+            engine.save_dht();
             let _ = std::fs::remove_file(&socket_path);
             if let Some(p) = pid_file {
                 let _ = std::fs::remove_file(p);

@@ -23,6 +23,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::announce::{Announcer, Job, Reply};
 use crate::config::Encryption;
+use crate::dht::{self as dhtmod, Dht, DhtEvent};
 use crate::dns;
 use crate::mse::{self, CryptoSet};
 use crate::net;
@@ -32,6 +33,9 @@ use crate::ratelimit::{Limiter, TokenBucket};
 use crate::time::Instant;
 use crate::torrent::{Buffers, Event as TorrentEvent, State, Torrent};
 use crate::tracker::{self, Announce, Event as TrackerEvent, Scheme, Url};
+use crate::udp_tracker::{
+    self, AnnounceParams, ConnCache, Outcome as UdpOutcome, RetryConfig, UdpAnnounce,
+};
 use crate::wire::{self, Handshake};
 
 mod daemon;
@@ -44,9 +48,17 @@ const KIND_UDP: usize = 4;
 const KIND_SIGNAL: usize = 5;
 const KIND_CTL_LISTENER: usize = 6;
 const KIND_CTL: usize = 7;
+/// The shared UDP socket (DHT and UDP trackers, demultiplexed on the first byte).
+const KIND_UDP_MAIN: usize = 8;
 
 /// Most bytes read from one peer per turn before the others get a go.
 const READ_BUDGET: usize = 1 << 20;
+/// Datagrams read from the shared UDP socket per readiness event before other work.
+const UDP_READ_BUDGET: usize = 256;
+/// DHT datagrams sent per loop turn (the DHT queues the rest).
+const DHT_SEND_BUDGET: usize = 64;
+const DHT_ANNOUNCE_DOWNLOADING: Duration = Duration::from_secs(300);
+const DHT_ANNOUNCE_SEEDING: Duration = Duration::from_secs(900);
 /// Fill-and-write rounds per peer per turn (each round sends up to one buffer).
 const WRITE_ROUNDS: usize = 32;
 /// Outgoing TCP connects that take longer than this are abandoned.
@@ -93,6 +105,14 @@ pub struct Options {
     pub seed_ratio: f64,
     pub seed_time: u64,
     pub progress: Progress,
+    /// UDP port shared by the DHT and UDP trackers (0 = any).
+    pub dht_port: u16,
+    /// DHT on, with these bootstrap nodes (already resolved) and table cap.
+    pub enable_dht: bool,
+    pub dht_bootstrap: Vec<SocketAddr>,
+    pub dht_max_nodes: usize,
+    /// Where the DHT routing table is saved between runs (daemon).
+    pub dht_state: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -104,6 +124,8 @@ pub enum Outcome {
 
 struct TrackerConn {
     torrent: usize,
+    /// The BEP 15 exchange for a `udp://` tracker (no TCP stream then).
+    udp: Option<UdpAnnounce>,
     job: Job,
     url: Url,
     stream: Option<TcpStream>,
@@ -141,6 +163,8 @@ struct Entry {
     seeding_since: Option<Instant>,
     /// Why the torrent stopped by itself (seeding limits), shown in `status`.
     note: Option<String>,
+    /// Next DHT announce (and peer lookup) for this torrent.
+    dht_next: Instant,
 }
 
 pub struct Engine {
@@ -159,6 +183,9 @@ pub struct Engine {
     resolvers: Vec<SocketAddr>,
     dns_next_id: u16,
     torrents: Vec<Entry>,
+    udp_main: Option<UdpSocket>,
+    udp_cache: ConnCache,
+    dht: Option<Dht>,
     down: Limiter,
     up: Limiter,
     /// Peers whose reads wait for download tokens, and when tokens return.
@@ -222,6 +249,9 @@ impl Engine {
             resolvers: Vec::new(),
             dns_next_id: (rng.next_u32() & 0xffff) as u16,
             torrents: Vec::new(),
+            udp_main: None,
+            udp_cache: ConnCache::new(),
+            dht: None,
             down: Limiter::new(opts.down_limit),
             up: Limiter::new(opts.up_limit),
             throttled: Vec::new(),
@@ -242,6 +272,7 @@ impl Engine {
         };
         e.setup_listeners()?;
         e.setup_signals();
+        e.setup_udp();
         Ok(e)
     }
 
@@ -345,6 +376,7 @@ impl Engine {
             up_bucket: TokenBucket::unlimited(),
             seeding_since: None,
             note: None,
+            dht_next: Instant::ZERO,
         });
         self.torrents.len() - 1
     }
@@ -381,7 +413,10 @@ impl Engine {
             let timeout = if !self.again.is_empty() || checking {
                 Duration::ZERO
             } else {
-                let wake = self.wake_at.map_or(next_tick, |w| w.min(next_tick));
+                let mut wake = self.wake_at.map_or(next_tick, |w| w.min(next_tick));
+                if let Some(d) = &self.dht {
+                    wake = wake.min(d.poll_at());
+                }
                 wake.since(now).min(Duration::from_millis(1000))
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -415,6 +450,7 @@ impl Engine {
                         self.tracker_io(h, now);
                     }
                     KIND_UDP => self.udp_readable(now),
+                    KIND_UDP_MAIN => self.udp_main_readable(now),
                     KIND_SIGNAL => self.on_signal(now),
                     KIND_CTL_LISTENER => self.ctl_accept(now),
                     KIND_CTL => self.ctl_io(Handle { index, gen }, now),
@@ -426,6 +462,7 @@ impl Engine {
             for h in touched {
                 self.read_peer(h, now);
             }
+            self.dht_drive(now);
             self.after_io(now);
             if now.since(self.last_tick) >= Duration::from_secs(1) {
                 let elapsed = now.since(self.last_tick);
@@ -1155,6 +1192,8 @@ impl Engine {
             self.announce(now);
         }
         self.tracker_timeouts(now);
+        self.udp_trackers_poll(now);
+        self.dht_announce(now);
         self.apply_alt_schedule(now);
         self.seeding_policy(now);
         self.daemon_tick(now);
@@ -1347,6 +1386,225 @@ impl Engine {
         }
     }
 
+    // ----- UDP: DHT and UDP trackers -----
+
+    fn setup_udp(&mut self) {
+        let ip = self.opts.bind.unwrap_or_else(|| net::unspecified(false));
+        let addr = SocketAddr::new(ip, self.opts.dht_port);
+        match net::udp(addr) {
+            Ok(mut s) => {
+                if self
+                    .poll
+                    .registry()
+                    .register(&mut s, Token(KIND_UDP_MAIN << 28), Interest::READABLE)
+                    .is_ok()
+                {
+                    info!(
+                        "net: udp on {}",
+                        s.local_addr().map(|a| a.to_string()).unwrap_or_default()
+                    );
+                    self.udp_main = Some(s);
+                }
+            }
+            Err(e) => warn!("net: no UDP socket on {addr} ({e}): no DHT or UDP trackers"),
+        }
+        if self.opts.enable_dht && self.udp_main.is_some() {
+            let mut id = [0u8; 20];
+            if crate::sys::getrandom(&mut id).is_err() {
+                self.rng.fill(&mut id);
+            }
+            let cfg = dhtmod::Config {
+                max_nodes: self.opts.dht_max_nodes.max(8),
+                bootstrap: self.opts.dht_bootstrap.clone(),
+                ..dhtmod::Config::default()
+            };
+            let now = self.now();
+            let mut d = Dht::new(id, now, cfg, crate::rng::Rng::new(self.rng.next_u64()));
+            if let Some(path) = &self.opts.dht_state {
+                if let Ok(bytes) = std::fs::read(path) {
+                    let nodes = dhtmod::load_nodes(&bytes);
+                    info!("dht: {} nodes from {}", nodes.len(), path.display());
+                    d.import_nodes(now, &nodes);
+                }
+            }
+            self.dht = Some(d);
+        }
+    }
+
+    /// Saves the DHT routing table for the next start (daemon).
+    pub(crate) fn save_dht(&self) {
+        if let (Some(d), Some(path)) = (&self.dht, &self.opts.dht_state) {
+            let bytes = dhtmod::save_nodes(&d.export_nodes());
+            if let Err(e) = crate::state::atomic_write(path, &bytes) {
+                warn!("dht: saving {}: {e}", path.display());
+            }
+        }
+    }
+
+    fn udp_main_readable(&mut self, now: Instant) {
+        let mut buf = [0u8; 2048];
+        for _ in 0..UDP_READ_BUDGET {
+            let Some(s) = self.udp_main.as_ref() else {
+                return;
+            };
+            let (n, from) = match s.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            };
+            let pkt = &buf[..n];
+            // KRPC messages are bencoded dictionaries ('d'); tracker replies start with a
+            // 32-bit action (0..3), so their first byte is 0.
+            if pkt.first() == Some(&b'd') {
+                if let Some(d) = self.dht.as_mut() {
+                    let _ = d.handle_datagram(now, from, pkt);
+                }
+            } else if udp_tracker::looks_like_tracker_response(pkt) {
+                self.udp_tracker_response(from, pkt, now);
+            }
+        }
+    }
+
+    fn udp_send(&mut self, to: SocketAddr, bytes: &[u8]) {
+        if let Some(s) = self.udp_main.as_ref() {
+            if let Err(e) = s.send_to(bytes, to) {
+                debug!("net: udp send to {to}: {e}");
+            }
+        }
+    }
+
+    fn udp_tracker_response(&mut self, from: SocketAddr, pkt: &[u8], now: Instant) {
+        let tid = udp_tracker::response_transaction_id(pkt);
+        let found = self
+            .trackers
+            .iter()
+            .find(|(_, c)| {
+                c.udp
+                    .as_ref()
+                    .is_some_and(|u| u.tracker() == from && u.transaction_id() == tid)
+            })
+            .map(|(h, _)| h);
+        let Some(h) = found else { return };
+        let Some(c) = self.trackers.get_mut(h) else {
+            return;
+        };
+        let Some(u) = c.udp.as_mut() else { return };
+        match u.handle_response(now, pkt, &mut self.udp_cache) {
+            Ok(None) => self.udp_trackers_poll(now),
+            Ok(Some(UdpOutcome::Announced(r))) => {
+                let resp = tracker::AnnounceResponse {
+                    interval: Some(r.interval),
+                    complete: Some(r.seeders),
+                    incomplete: Some(r.leechers),
+                    peers: r.peers,
+                    ..Default::default()
+                };
+                self.tracker_done(h, resp, now);
+            }
+            Ok(Some(UdpOutcome::TrackerError(msg))) => {
+                let resp = tracker::AnnounceResponse {
+                    failure: Some(msg),
+                    ..Default::default()
+                };
+                self.tracker_done(h, resp, now);
+            }
+            Ok(Some(UdpOutcome::Scraped(_))) => self.drop_tracker(h),
+            Err(_) => {}
+        }
+    }
+
+    /// Sends due UDP tracker packets and fails exchanges that ran out of retries.
+    fn udp_trackers_poll(&mut self, now: Instant) {
+        let hs: Vec<Handle> = self
+            .trackers
+            .iter()
+            .filter(|(_, c)| c.udp.is_some())
+            .map(|(h, _)| h)
+            .collect();
+        for h in hs {
+            let Some(c) = self.trackers.get_mut(h) else {
+                continue;
+            };
+            let Some(u) = c.udp.as_mut() else { continue };
+            let pkt = u.poll_transmit(now, &self.udp_cache, &mut self.rng);
+            let to = u.tracker();
+            let timed_out = u.timed_out();
+            if let Some(pkt) = pkt {
+                self.udp_send(to, &pkt);
+            }
+            if timed_out {
+                self.tracker_failed(h, "timed out".into(), now);
+            }
+        }
+    }
+
+    /// Runs the DHT's timers, sends what it queued and routes the peers it found.
+    fn dht_drive(&mut self, now: Instant) {
+        let Some(d) = self.dht.as_mut() else { return };
+        if now >= d.poll_at() {
+            d.handle_timeout(now);
+        }
+        let mut out = Vec::new();
+        for _ in 0..DHT_SEND_BUDGET {
+            match d.poll_transmit() {
+                Some(x) => out.push(x),
+                None => break,
+            }
+        }
+        let mut found = Vec::new();
+        while let Some(ev) = d.poll_event() {
+            if let DhtEvent::Peers {
+                info_hash, peers, ..
+            } = ev
+            {
+                found.push((info_hash, peers));
+            }
+        }
+        for (to, bytes) in out {
+            self.udp_send(to, &bytes);
+        }
+        let (port, bind) = (self.listen_port, self.opts.bind);
+        for (hash, peers) in found {
+            if let Some(e) = self
+                .torrents
+                .iter_mut()
+                .find(|e| e.t.meta.info_hash == hash && !e.t.meta.private)
+            {
+                for a in peers.iter().filter(|a| !is_self(a, port, bind)) {
+                    e.t.add_candidate(*a, now);
+                }
+                debug!("dht: {} peers for torrent {}", peers.len(), e.id);
+                self.connect_soon = true;
+            }
+        }
+    }
+
+    /// Announces active public torrents into the DHT (which also looks their peers up), once
+    /// the routing table has nodes: every 5 min while downloading, 15 min while seeding.
+    fn dht_announce(&mut self, now: Instant) {
+        let Some(d) = self.dht.as_mut() else { return };
+        let st = d.stats(now);
+        if st.nodes_v4 + st.nodes_v6 == 0 {
+            return;
+        }
+        let port = self.listen_port;
+        for e in &mut self.torrents {
+            if e.t.meta.private || now < e.dht_next {
+                continue;
+            }
+            let wait = match e.t.state {
+                State::Downloading => DHT_ANNOUNCE_DOWNLOADING,
+                State::Seeding => DHT_ANNOUNCE_SEEDING,
+                _ => continue,
+            };
+            if d.announce(now, e.t.meta.info_hash, port).is_ok() {
+                debug!("dht: announcing torrent {}", e.id);
+                e.dht_next = now + wait;
+            }
+        }
+    }
+
     // ----- trackers -----
 
     fn announce(&mut self, now: Instant) {
@@ -1368,12 +1626,12 @@ impl Engine {
 
     fn start_tracker(&mut self, ti: usize, job: Job, now: Instant) {
         let url = match tracker::parse_url(&job.url) {
-            Ok(u) if u.scheme == Scheme::Http => u,
+            Ok(u) if u.scheme == Scheme::Http || u.scheme == Scheme::Udp => u,
             Ok(_) => {
                 self.torrents[ti].ann.on_failure(
                     now,
                     &job,
-                    "only http:// trackers are supported so far".into(),
+                    "https:// trackers are not supported (no TLS)".into(),
                 );
                 return;
             }
@@ -1394,6 +1652,7 @@ impl Engine {
             resp: Vec::new(),
             deadline: now + TRACKER_TIMEOUT,
             redirects: 0,
+            udp: None,
         };
         let Some(h) = self.trackers.insert(conn) else {
             return;
@@ -1508,6 +1767,42 @@ impl Engine {
         let addr = SocketAddr::new(ip, c.url.port);
         let e = &self.torrents[c.torrent];
         let t = &e.t;
+        if c.url.scheme == Scheme::Udp {
+            let params = AnnounceParams {
+                info_hash: t.meta.info_hash,
+                peer_id: self.peer_id,
+                downloaded: t.downloaded,
+                left: t.bytes_left(),
+                uploaded: t.uploaded,
+                event: c.job.event,
+                key: u32::from_le_bytes([
+                    self.peer_id[8],
+                    self.peer_id[9],
+                    self.peer_id[10],
+                    self.peer_id[11],
+                ]),
+                num_want: if c.job.event == TrackerEvent::Stopped {
+                    Some(0)
+                } else {
+                    Some(NUMWANT)
+                },
+                port: self.listen_port,
+                url_data: udp_tracker::url_data(&c.url),
+            };
+            // The whole exchange is bounded by TRACKER_TIMEOUT; retries come every 5 s.
+            let cfg = RetryConfig {
+                base: Duration::from_secs(5),
+                max_exponent: 1,
+            };
+            match UdpAnnounce::new(now, addr, params, cfg) {
+                Ok(u) => {
+                    c.udp = Some(u);
+                    self.udp_trackers_poll(now);
+                }
+                Err(e) => self.tracker_failed(h, e.to_string(), now),
+            }
+            return;
+        }
         let a = Announce {
             info_hash: &t.meta.info_hash,
             peer_id: &self.peer_id,

@@ -876,7 +876,12 @@ pub fn atorrent_download(
         .arg("--bind")
         .arg(listen.ip().to_string())
         .arg("--port")
-        .arg(listen.port().to_string())
-        .args(extra);
+        .arg(listen.port().to_string());
+    // Tests never let the DHT reach its public bootstrap routers: DHT tests pass their own
+    // nodes and `--dht` (which turns it back on).
+    if !extra.contains(&"--dht") {
+        cmd.arg("--no-dht");
+    }
+    cmd.args(extra.iter().filter(|a| **a != "--dht"));
     Proc::spawn(work, name, cmd)
 }
