@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint demo bench setup
+.PHONY: all build test lint demo bench bench-crypto setup
 
 all: build
 
@@ -23,6 +23,10 @@ demo:
 
 bench:
 	bash scripts/bench.sh
+
+# Throughput and CPU cost of peer encryption (RC4 vs plaintext), atorrent to atorrent.
+bench-crypto:
+	bash scripts/bench-crypto.sh
 
 setup:
 	bash scripts/setup.sh
