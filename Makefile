@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint demo bench bench-ctl bench-limits setup cross cross-setup cross-test cross-unit cross-e2e size
+.PHONY: all build test lint demo bench bench-ctl bench-crypto bench-limits setup cross cross-setup cross-test cross-unit cross-e2e size
 
 all: build
 
@@ -31,6 +31,10 @@ bench-ctl:
 
 bench-limits:
 	bash scripts/bench-limits.sh
+
+# Throughput and CPU cost of peer encryption (RC4 vs plaintext), atorrent to atorrent.
+bench-crypto:
+	bash scripts/bench-crypto.sh
 
 setup:
 	bash scripts/setup.sh

@@ -861,6 +861,9 @@ impl Engine {
         let Some(p) = self.peers.get_mut(h) else {
             return;
         };
+        if p.close.is_some() {
+            return;
+        }
         if p.phase == Phase::Handshake {
             let hs = match Handshake::decode(&p.rx[..p.rx_len]) {
                 Ok(Some(hs)) => hs,
@@ -1061,14 +1064,20 @@ impl Engine {
         if let Some(mut s) = self.streams[h.index as usize].take() {
             let _ = self.poll.registry().deregister(&mut s);
         }
+        let mse_failed = p.phase == Phase::Mse && p.outgoing;
+        if p.phase == Phase::Mse && matches!(p.close, None | Some(CloseReason::PeerClosed)) {
+            p.close = Some(CloseReason::Encryption(
+                "peer closed during the handshake".into(),
+            ));
+        }
         let reason = p.close.clone().unwrap_or(CloseReason::PeerClosed);
         debug!("peer {}: closed: {}", p.addr, reason);
-        let mse_failed = p.phase == Phase::Mse && p.outgoing;
         if let Some(ti) = p.torrent {
             if let Some(e) = self.torrents.get_mut(ti) {
                 e.t.on_closed(&mut p, now);
                 if mse_failed && self.opts.encryption == Encryption::Prefer {
                     // The peer may not speak MSE: dial it again in plaintext.
+                    debug!("peer {}: retrying in plaintext", p.addr);
                     e.t.mark_plain_only(p.addr, now);
                     self.connect_soon = true;
                 }

@@ -13,7 +13,7 @@
 use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -218,6 +218,57 @@ pub fn wait_listening(work: &Work, addr: SocketAddrV4, what: &str, within: Durat
     }
 }
 
+/// True when this host can bind ::1 (IPv6 may be disabled in containers: `ip -6 addr show lo`
+/// then lists nothing).
+pub fn have_ipv6_loopback() -> bool {
+    TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
+/// `[::1]:PORT` with a port that was free a moment ago.
+pub fn endpoint6() -> SocketAddr {
+    let l = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind [::1]:0");
+    l.local_addr().expect("local_addr")
+}
+
+/// `is_listening` for either family: IPv6 reads /proc/net/tcp6, whose addresses are four
+/// 32-bit words, each printed in host (little-endian) order.
+pub fn is_listening_at(addr: SocketAddr) -> bool {
+    let v6 = match addr {
+        SocketAddr::V4(a) => return is_listening(a),
+        SocketAddr::V6(a) => *a.ip(),
+    };
+    let Ok(text) = fs::read_to_string("/proc/net/tcp6") else {
+        return false;
+    };
+    let hex6 = |ip: Ipv6Addr| -> String {
+        ip.octets()
+            .chunks(4)
+            .map(|w| format!("{:08X}", u32::from_be_bytes([w[3], w[2], w[1], w[0]])))
+            .collect()
+    };
+    let want = hex6(v6);
+    let any = hex6(Ipv6Addr::UNSPECIFIED);
+    text.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 4 || cols[3] != "0A" {
+            return false;
+        }
+        let Some((ip, port)) = cols[1].split_once(':') else {
+            return false;
+        };
+        let port = u16::from_str_radix(port, 16).unwrap_or(0);
+        port == addr.port() && (ip.eq_ignore_ascii_case(&want) || ip == any)
+    })
+}
+
+pub fn wait_listening_at(work: &Work, addr: SocketAddr, what: &str, within: Duration) {
+    let end = Instant::now() + work.cap(within);
+    while !is_listening_at(addr) {
+        assert!(Instant::now() < end, "{what} is not listening on {addr}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
@@ -302,6 +353,36 @@ impl Proc {
             "{}: {what}\n-- stdout (tail):\n{seen}\n-- stderr (tail):\n{tail}",
             self.name
         );
+    }
+
+    /// True when some stdout line received so far contains `needle` (log lines carry a
+    /// timestamp and level in front, so they are matched anywhere).
+    pub fn saw(&mut self, needle: &str) -> bool {
+        self.lines().iter().any(|l| l.contains(needle))
+    }
+
+    /// The stdout lines received so far that contain `needle`.
+    pub fn lines_with(&mut self, needle: &str) -> Vec<String> {
+        self.lines()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        if self.status.is_some() {
+            return false;
+        }
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(s))) => {
+                self.status = Some(s);
+                false
+            }
+            Some(Ok(None)) => true,
+            _ => false,
+        }
     }
 
     /// Waits for a stdout line starting with `prefix` and returns it.
@@ -771,6 +852,19 @@ pub fn lt_peer(
     listen: SocketAddrV4,
     extra: &[&str],
 ) -> Proc {
+    lt_peer_at(work, name, mode, torrent, dir, listen.into(), extra)
+}
+
+/// `lt_peer` listening on any address, e.g. `[::1]:PORT`.
+pub fn lt_peer_at(
+    work: &Work,
+    name: &str,
+    mode: &str,
+    torrent: &Path,
+    dir: &Path,
+    listen: SocketAddr,
+    extra: &[&str],
+) -> Proc {
     let mut cmd = Command::new(python());
     cmd.arg("-u")
         .arg(lt_peer_script())
@@ -820,6 +914,27 @@ pub fn transmission_cli(
     dir: &Path,
     listen: SocketAddrV4,
 ) -> Proc {
+    transmission_cli_enc(work, name, torrent, dir, listen, TrEncryption::Preferred)
+}
+
+/// transmission's `encryption` setting (0 tolerated, 1 preferred, 2 required).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrEncryption {
+    Tolerated = 0,
+    Preferred = 1,
+    Required = 2,
+}
+
+/// `transmission_cli` with an encryption policy, set in settings.json and (tolerated, required)
+/// by the matching `-et`/`-er` flag too.
+pub fn transmission_cli_enc(
+    work: &Work,
+    name: &str,
+    torrent: &Path,
+    dir: &Path,
+    listen: SocketAddrV4,
+    encryption: TrEncryption,
+) -> Proc {
     require_tool("transmission-cli");
     let cfg = work.mkdir(&format!("{name}-config"));
     let settings = format!(
@@ -828,14 +943,15 @@ pub fn transmission_cli(
   "port-forwarding-enabled": false, "blocklist-enabled": false, "rpc-enabled": false,
   "ratio-limit-enabled": true, "ratio-limit": 0, "idle-seeding-limit-enabled": false,
   "peer-port": {port}, "peer-port-random-on-start": false, "bind-address-ipv4": "{ip}",
-  "encryption": 1, "message-level": 2, "speed-limit-down-enabled": false,
+  "encryption": {enc}, "message-level": 2, "speed-limit-down-enabled": false,
   "speed-limit-up-enabled": false, "alt-speed-enabled": false, "incomplete-dir-enabled": false,
   "download-dir": "{dir}", "start-added-torrents": true, "rename-partial-files": false
 }}
 "#,
         port = listen.port(),
         ip = listen.ip(),
-        dir = dir.display()
+        dir = dir.display(),
+        enc = encryption as u8
     );
     fs::write(cfg.join("settings.json"), settings).expect("write settings.json");
     let mut cmd = Command::new("transmission-cli");
@@ -847,8 +963,13 @@ pub fn transmission_cli(
         .arg(listen.port().to_string())
         .arg("-M")
         .arg("-D")
-        .arg("-U")
-        .arg(torrent);
+        .arg("-U");
+    match encryption {
+        TrEncryption::Tolerated => cmd.arg("-et"),
+        TrEncryption::Preferred => &mut cmd, // settings.json alone, as before
+        TrEncryption::Required => cmd.arg("-er"),
+    };
+    cmd.arg(torrent);
     Proc::spawn(work, name, cmd)
 }
 
@@ -868,6 +989,18 @@ pub fn atorrent_download(
     listen: SocketAddrV4,
     extra: &[&str],
 ) -> Proc {
+    atorrent_download_at(work, name, torrent, dir, listen.into(), extra)
+}
+
+/// `atorrent_download` bound to any address, e.g. `::1`.
+pub fn atorrent_download_at(
+    work: &Work,
+    name: &str,
+    torrent: &Path,
+    dir: &Path,
+    listen: SocketAddr,
+    extra: &[&str],
+) -> Proc {
     let mut cmd = Command::new(atorrent_bin());
     cmd.arg("download")
         .arg(torrent)
@@ -884,4 +1017,20 @@ pub fn atorrent_download(
     }
     cmd.args(extra.iter().filter(|a| **a != "--dht"));
     Proc::spawn(work, name, cmd)
+}
+
+/// Writes `<name>.ini` in the work dir: one `key = value` line per pair, after defaults that
+/// keep a test run self-contained (no DHT or PEX traffic, log to stdout). Pass it to atorrent
+/// as `--config FILE`.
+pub fn atorrent_config(work: &Work, name: &str, keys: &[(&str, &str)]) -> PathBuf {
+    let path = work.path(&format!("{name}.ini"));
+    let mut text = format!(
+        "# written by the test harness\ndownload_dir = {}\nenable_dht = false\nenable_pex = false\nlog_file = -\n",
+        work.path(name).display()
+    );
+    for (k, v) in keys {
+        text.push_str(&format!("{k} = {v}\n"));
+    }
+    fs::write(&path, text).expect("write atorrent config");
+    path
 }

@@ -7,6 +7,7 @@ Modes:
   lt_peer.py check    --torrent T --dir D        (hash-check D against T, print `infohash`/`have`)
   lt_peer.py infohash --torrent T                (print the v1 info-hash of T)
   lt_peer.py --create SRC -o OUT [--tracker URL]... [--piece-length N]   (v1-only torrent)
+  seed/download also take --encryption {disabled,enabled,forced} (MSE/PE policy, both ways).
 
 Lines on stdout (the tests wait for them): `infohash <hex>`, `ready` once listening (seeders: after
 the data has been checked and found complete), `complete` once a download is done and flushed.
@@ -46,6 +47,15 @@ def log(msg):
 
 
 START = time.monotonic()
+
+# --encryption: (out_enc_policy, in_enc_policy). Without the flag (None): outgoing plaintext,
+# incoming either, as these tests have always run.
+ENC_POLICY = {
+    None: (lt.enc_policy.disabled, lt.enc_policy.enabled),
+    "disabled": (lt.enc_policy.disabled, lt.enc_policy.disabled),
+    "enabled": (lt.enc_policy.enabled, lt.enc_policy.enabled),
+    "forced": (lt.enc_policy.forced, lt.enc_policy.forced),
+}
 
 
 def parse_endpoint(text):
@@ -102,13 +112,17 @@ def make_session(args):
         "peer_connect_timeout": 5,
         "stop_tracker_timeout": 1,
         "alert_mask": alerts,
-        # Plaintext outgoing (atorrent speaks no MSE); accept either incoming.
-        "out_enc_policy": int(lt.enc_policy.disabled),
-        "in_enc_policy": int(lt.enc_policy.enabled),
+        # Default: plaintext outgoing, either incoming (see --encryption).
+        "out_enc_policy": int(ENC_POLICY[args.encryption][0]),
+        "in_enc_policy": int(ENC_POLICY[args.encryption][1]),
         "user_agent": "lt_peer/%s" % lt.__version__,
         "announce_to_all_trackers": True,
         "auto_manage_startup": 0,
     }
+    if args.encryption == "forced":
+        # Forced alone still lets a peer pick plaintext inside MSE; insist on RC4.
+        settings["allowed_enc_level"] = int(lt.enc_level.rc4)
+        settings["prefer_rc4"] = True
     if args.upload_limit:
         settings["upload_rate_limit"] = args.upload_limit
         # Loopback counts as the local network, which libtorrent exempts from limits.
@@ -244,6 +258,12 @@ def main():
     p.add_argument("--timeout", type=float, default=120.0, help="give up (exit 3) after this many seconds")
     p.add_argument("--log-interval", type=float, default=5.0)
     p.add_argument("--verbose", action="store_true")
+    p.add_argument(
+        "--encryption",
+        choices=["disabled", "enabled", "forced"],
+        help="MSE/PE policy for both directions (forced: RC4 only); default: outgoing plaintext,"
+        " incoming either",
+    )
     p.add_argument("--create", metavar="SRC", help="create a v1-only torrent of SRC")
     p.add_argument("-o", "--output", help="output .torrent for --create")
     p.add_argument("--tracker", action="append", default=[], help="announce URL for --create")
