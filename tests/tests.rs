@@ -16,3 +16,4 @@ mod hostile;
 mod interop;
 mod limits;
 mod packaging;
+mod trackerless;

@@ -59,6 +59,7 @@ const UDP_READ_BUDGET: usize = 256;
 const DHT_SEND_BUDGET: usize = 64;
 const DHT_ANNOUNCE_DOWNLOADING: Duration = Duration::from_secs(300);
 const DHT_ANNOUNCE_SEEDING: Duration = Duration::from_secs(900);
+const DHT_RETRY_EMPTY: Duration = Duration::from_secs(15);
 /// Fill-and-write rounds per peer per turn (each round sends up to one buffer).
 const WRITE_ROUNDS: usize = 32;
 /// Outgoing TCP connects that take longer than this are abandoned.
@@ -1603,6 +1604,8 @@ impl Engine {
                 continue;
             }
             let wait = match e.t.state {
+                // Nothing to connect to yet: look again soon (the swarm may be announcing).
+                State::Downloading if e.t.candidates.is_empty() => DHT_RETRY_EMPTY,
                 State::Downloading => DHT_ANNOUNCE_DOWNLOADING,
                 State::Seeding => DHT_ANNOUNCE_SEEDING,
                 _ => continue,

@@ -820,6 +820,9 @@ impl Tracker {
             .arg(addr.ip().to_string())
             .arg("-p")
             .arg(addr.port().to_string())
+            // The same port over UDP (BEP 15), for udp:// announce URLs.
+            .arg("-P")
+            .arg(addr.port().to_string())
             .arg("-d")
             .arg(&root)
             .arg("-w")

@@ -8,6 +8,10 @@ Modes:
   lt_peer.py infohash --torrent T                (print the v1 info-hash of T)
   lt_peer.py --create SRC -o OUT [--tracker URL]... [--piece-length N]   (v1-only torrent)
   seed/download also take --encryption {disabled,enabled,forced} (MSE/PE policy, both ways).
+  lt_peer.py dht-node --listen 127.0.0.5:7000 [--dht-bootstrap IP:PORT,...]   (a bare DHT node)
+  seed/download take --dht-bootstrap IP:PORT,... to use the DHT (loopback nodes only); download
+  takes --magnet URI instead of --torrent. With the DHT, the torrent is added only after the
+  DHT has bootstrapped (see the interop notes), and seeders re-announce every few seconds.
 
 Lines on stdout (the tests wait for them): `infohash <hex>`, `ready` once listening (seeders: after
 the data has been checked and found complete), `complete` once a download is done and flushed.
@@ -95,10 +99,11 @@ def make_session(args):
     if args.verbose:
         alerts |= lt.alert.category_t.peer_notification | lt.alert.category_t.connect_notification
         alerts |= lt.alert.category_t.tracker_notification
+    dht = bool(getattr(args, "dht_bootstrap", None)) or args.mode == "dht-node"
     settings = {
         "listen_interfaces": listen,
         "outgoing_interfaces": ip,
-        "enable_dht": False,
+        "enable_dht": dht,
         "enable_lsd": False,
         "enable_upnp": False,
         "enable_natpmp": False,
@@ -123,6 +128,17 @@ def make_session(args):
         # Forced alone still lets a peer pick plaintext inside MSE; insist on RC4.
         settings["allowed_enc_level"] = int(lt.enc_level.rc4)
         settings["prefer_rc4"] = True
+    if dht:
+        alerts |= lt.alert.category_t.dht_notification
+        settings["alert_mask"] = alerts
+        settings["dht_bootstrap_nodes"] = args.dht_bootstrap or ""
+        # Loopback test networks: every node shares 127.0.0.0/8.
+        settings["dht_restrict_routing_ips"] = False
+        settings["dht_restrict_search_ips"] = False
+        settings["dht_prefer_verified_node_ids"] = False
+        settings["dht_ignore_dark_internet"] = False
+        settings["dht_enforce_node_id"] = False
+        settings["dht_announce_interval"] = 5
     if args.upload_limit:
         settings["upload_rate_limit"] = args.upload_limit
         # Loopback counts as the local network, which libtorrent exempts from limits.
@@ -130,7 +146,82 @@ def make_session(args):
     return lt.session(settings)
 
 
+def wait_dht_bootstrap(ses, seconds):
+    """Waits for libtorrent's dht_bootstrap_alert (announcing earlier goes nowhere)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not STOP:
+        ses.wait_for_alert(200)
+        for a in ses.pop_alerts():
+            if isinstance(a, lt.dht_bootstrap_alert):
+                log("dht bootstrapped")
+                return True
+    log("no dht_bootstrap_alert; going on")
+    return False
+
+
+def run_dht_node(args):
+    ses = make_session(args)
+    if args.dht_bootstrap:
+        wait_dht_bootstrap(ses, 10)
+    say("ready")
+    deadline = START + args.timeout
+    while not STOP and time.monotonic() < deadline:
+        ses.wait_for_alert(500)
+        for a in ses.pop_alerts():
+            if args.verbose:
+                log("alert %s: %s" % (type(a).__name__, a.message()))
+    return 0
+
+
+def run_magnet(args):
+    ses = make_session(args)
+    wait_dht_bootstrap(ses, 15)
+    atp = lt.parse_magnet_uri(args.magnet)
+    atp.save_path = os.path.abspath(args.dir)
+    flags = atp.flags
+    flags &= ~lt.torrent_flags.auto_managed
+    flags &= ~lt.torrent_flags.paused
+    atp.flags = flags
+    h = ses.add_torrent(atp)
+    say("infohash %s" % str(h.info_hashes().v1))
+    say("ready")
+    peers = [parse_endpoint(p) for p in args.peer]
+    deadline = START + args.timeout
+    last_dial = 0.0
+    last_log = 0.0
+    while not STOP:
+        now = time.monotonic()
+        if now > deadline:
+            log("timeout after %ds" % args.timeout)
+            return 3
+        for a in ses.pop_alerts():
+            if args.verbose or a.category() & lt.alert.category_t.error_notification:
+                log("alert %s: %s" % (type(a).__name__, a.message()))
+        st = h.status()
+        if st.has_metadata and st.is_seeding:
+            h.flush_cache()
+            time.sleep(0.5)
+            say("complete")
+            return 0
+        if peers and now - last_dial >= 2.0:
+            last_dial = now
+            for ep in peers:
+                h.connect_peer(ep)
+        if now - last_log >= args.log_interval:
+            last_log = now
+            log("magnet: metadata=%s state=%s peers=%d progress=%.1f%%"
+                % (st.has_metadata, st.state, st.num_peers, st.progress * 100))
+        ses.wait_for_alert(100)
+    return 0
+
+
 def run_peer(args):
+    if args.mode == "dht-node":
+        return run_dht_node(args)
+    if args.mode == "download" and args.magnet:
+        if not args.dir:
+            raise SystemExit("lt_peer: --dir is required")
+        return run_magnet(args)
     if not args.torrent or not args.dir:
         raise SystemExit("lt_peer: --torrent and --dir are required")
     if args.no_tracker or args.mode in ("check", "infohash"):
@@ -149,6 +240,8 @@ def run_peer(args):
         return 0
 
     ses = make_session(args)
+    if args.dht_bootstrap:
+        wait_dht_bootstrap(ses, 15)
     atp = lt.add_torrent_params()
     atp.ti = info
     atp.save_path = os.path.abspath(args.dir)
@@ -167,6 +260,7 @@ def run_peer(args):
     last_dial = 0.0
     last_file = 0.0
     last_log = 0.0
+    last_announce = 0.0
     exit_code = 0
 
     while True:
@@ -210,6 +304,9 @@ def run_peer(args):
             say("complete")
             if not args.keep_seeding:
                 break
+        if ready and args.dht_bootstrap and now - last_announce >= 3.0:
+            last_announce = now
+            h.force_dht_announce()
         if ready and peers and now - last_dial >= 2.0:
             last_dial = now
             for ep in peers:
@@ -245,7 +342,9 @@ def run_peer(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", nargs="?", choices=["seed", "download", "check", "infohash"])
+    p.add_argument("mode", nargs="?", choices=["seed", "download", "check", "infohash", "dht-node"])
+    p.add_argument("--dht-bootstrap", help="IP:PORT,... loopback DHT nodes; turns the DHT on")
+    p.add_argument("--magnet", help="download: a magnet URI instead of --torrent")
     p.add_argument("--torrent")
     p.add_argument("--dir", help="save path (the torrent's name is created inside)")
     p.add_argument("--listen", help="listen IP:PORT; outgoing connections use the same IP")

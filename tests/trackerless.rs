@@ -1,0 +1,206 @@
+//! Finding peers beyond one HTTP tracker (issue 4): UDP trackers (BEP 15) against opentracker,
+//! multitracker tiers (BEP 12), and the DHT (BEP 5) against a small loopback DHT of libtorrent
+//! nodes. Every DHT here is bootstrapped only to loopback nodes the test starts.
+
+use std::fs;
+use std::net::SocketAddrV4;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::common::*;
+
+fn expect_complete(w: &Work, p: &mut Proc, within: Duration) {
+    p.expect_success(w, within);
+    assert!(
+        p.lines().iter().any(|l| l.starts_with("complete ")),
+        "{}: no `complete ` line",
+        p.name
+    );
+}
+
+fn atorrent_create(w: &Work, src: &Path, out: &Path, trackers: &[String], piece: u32) {
+    let mut cmd = std::process::Command::new(atorrent_bin());
+    cmd.arg("create").arg(src).arg("-o").arg(out);
+    for t in trackers {
+        cmd.arg("--tracker").arg(t);
+    }
+    cmd.arg("--piece-length").arg(piece.to_string());
+    let o = run(w, cmd, secs(30));
+    assert!(o.status.success(), "create: {}", o.stderr);
+}
+
+fn info_hash(w: &Work, torrent: &Path) -> String {
+    lt_infohash(w, torrent)
+}
+
+#[test]
+fn udp_tracker_announce_against_opentracker() {
+    let w = Work::new("udp_tracker");
+    let seed_dir = w.mkdir("seed");
+    let src = seed_dir.join("u.bin");
+    write_random_file(&src, 2_000_003, 21);
+    let taddr = Tracker::reserve();
+    let url = format!("udp://{}:{}/announce", taddr.ip(), taddr.port());
+    let t = w.path("u.torrent");
+    let hash = lt_create(&w, &src, &t, &[url.clone()], 32 * 1024);
+    let _tracker = Tracker::start(&w, taddr, &[&hash]);
+    // libtorrent announces over UDP too, so opentracker hands each side the other.
+    let mut lt = lt_peer(&w, "lt-seed", "seed", &t, &seed_dir, endpoint(), &[]);
+    lt.wait_line(&w, "ready", secs(30));
+    let dl = w.mkdir("dl");
+    let mut p = atorrent_download(&w, "atorrent", &t, &dl, endpoint(), &["-v"]);
+    expect_complete(&w, &mut p, secs(60));
+    assert_same_file(&src, &dl.join("u.bin"));
+    let log = p.lines().join("\n") + &p.stderr_text();
+    assert!(
+        log.contains(&format!("tracker {url}: ")) && log.contains("peers"),
+        "no UDP announce in the log"
+    );
+}
+
+#[test]
+fn dead_first_tier_falls_through_to_the_second() {
+    let w = Work::new("tiers");
+    let seed_dir = w.mkdir("seed");
+    let src = seed_dir.join("tier.bin");
+    write_random_file(&src, 1_000_001, 22);
+    let taddr = Tracker::reserve();
+    // Tier 1: nothing listens there (a reserved, closed port); tier 2: opentracker.
+    let dead = format!("http://{}/announce", endpoint());
+    let live = Tracker::url_for(taddr);
+    let t = w.path("tier.torrent");
+    atorrent_create(&w, &src, &t, &[dead.clone(), live.clone()], 32 * 1024);
+    let hash = info_hash(&w, &t);
+    let _tracker = Tracker::start(&w, taddr, &[&hash]);
+    let mut lt = lt_peer(&w, "lt-seed", "seed", &t, &seed_dir, endpoint(), &[]);
+    lt.wait_line(&w, "ready", secs(30));
+    let dl = w.mkdir("dl");
+    let mut p = atorrent_download(&w, "atorrent", &t, &dl, endpoint(), &["-v"]);
+    expect_complete(&w, &mut p, secs(60));
+    assert_same_file(&src, &dl.join("tier.bin"));
+    let log = p.lines().join("\n") + &p.stderr_text();
+    assert!(
+        log.contains(&format!("tracker {dead}")),
+        "the dead tier was never tried"
+    );
+}
+
+/// Three bare libtorrent DHT nodes, each bootstrapped to the previous ones.
+fn lt_dht(w: &Work, n: usize) -> (Vec<Proc>, Vec<SocketAddrV4>) {
+    let mut procs = Vec::new();
+    let mut addrs: Vec<SocketAddrV4> = Vec::new();
+    for i in 0..n {
+        let a = endpoint();
+        let boot = addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args = vec!["--timeout", "150"];
+        if !boot.is_empty() {
+            args.push("--dht-bootstrap");
+            args.push(&boot);
+        }
+        let empty = PathBuf::new();
+        let mut p = lt_peer(w, &format!("dht{i}"), "dht-node", &empty, &empty, a, &args);
+        p.wait_line(w, "ready", secs(30));
+        procs.push(p);
+        addrs.push(a);
+    }
+    (procs, addrs)
+}
+
+fn dht_config(w: &Work, name: &str, boot: &[SocketAddrV4], bind: SocketAddrV4) -> PathBuf {
+    let cfg = w.path(name);
+    let nodes = boot
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dht_port = free_port(*bind.ip());
+    fs::write(
+        &cfg,
+        format!(
+            "enable_dht = true\ndht_bootstrap = {nodes}\ndht_port = {dht_port}\nenable_ipv6 = false\n\
+             log_level = debug\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// A trackerless .torrent: atorrent finds the libtorrent seeder through the DHT alone.
+#[test]
+fn dht_only_download_from_a_libtorrent_swarm() {
+    let w = Work::with_limit("dht_download", secs(150));
+    let (_nodes, boot) = lt_dht(&w, 3);
+    let boot_list = boot
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let seed_dir = w.mkdir("seed");
+    let src = seed_dir.join("d.bin");
+    write_random_file(&src, 1_500_007, 23);
+    let t = w.path("d.torrent");
+    lt_create(&w, &src, &t, &[], 32 * 1024);
+    let mut lt = lt_peer(
+        &w,
+        "lt-seed",
+        "seed",
+        &t,
+        &seed_dir,
+        endpoint(),
+        &["--dht-bootstrap", &boot_list],
+    );
+    lt.wait_line(&w, "ready", secs(40));
+    let dl = w.mkdir("dl");
+    let me = endpoint();
+    let cfg = dht_config(&w, "dl.ini", &boot, me);
+    let cfg = cfg.to_str().unwrap().to_string();
+    let mut p = atorrent_download(&w, "atorrent", &t, &dl, me, &["--dht", "--config", &cfg]);
+    expect_complete(&w, &mut p, secs(100));
+    assert_same_file(&src, &dl.join("d.bin"));
+}
+
+/// atorrent seeds a trackerless torrent and announces it into the DHT; a libtorrent node that
+/// knows only the DHT finds it and downloads.
+#[test]
+fn atorrent_announces_into_the_dht_for_libtorrent() {
+    let w = Work::with_limit("dht_announce", secs(150));
+    let (_nodes, boot) = lt_dht(&w, 3);
+    let boot_list = boot
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let seed_dir = w.mkdir("seed");
+    let src = seed_dir.join("a.bin");
+    write_random_file(&src, 1_200_011, 24);
+    let t = w.path("a.torrent");
+    lt_create(&w, &src, &t, &[], 32 * 1024);
+    let me = endpoint();
+    let cfg = dht_config(&w, "seed.ini", &boot, me);
+    let cfg = cfg.to_str().unwrap().to_string();
+    let mut seed = atorrent_download(
+        &w,
+        "atorrent-seed",
+        &t,
+        &seed_dir,
+        me,
+        &["--seed", "--dht", "--config", &cfg],
+    );
+    seed.wait_line(&w, "seeding ", secs(30));
+    let dl = w.mkdir("dl");
+    let mut lt = lt_peer(
+        &w,
+        "lt-dl",
+        "download",
+        &t,
+        &dl,
+        endpoint(),
+        &["--dht-bootstrap", &boot_list, "--timeout", "110"],
+    );
+    lt.wait_line(&w, "complete", secs(110));
+    assert_same_file(&src, &dl.join("a.bin"));
+}
