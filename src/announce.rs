@@ -201,6 +201,14 @@ impl Announcer {
         };
     }
 
+    /// Seeders and leechers from a scrape (BEP 48 / BEP 15) of the tracker at `url`.
+    pub fn set_scrape(&mut self, url: &str, seeders: u32, leechers: u32) {
+        if let Some(s) = self.tiers.iter_mut().flatten().find(|s| s.url == url) {
+            s.seeders = Some(seeders);
+            s.leechers = Some(leechers);
+        }
+    }
+
     pub fn on_failure(&mut self, now: Instant, job: &Job, error: String) {
         self.in_flight = false;
         if let Some(s) = self.status(job) {

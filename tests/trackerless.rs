@@ -42,7 +42,7 @@ fn udp_tracker_announce_against_opentracker() {
     let taddr = Tracker::reserve();
     let url = format!("udp://{}:{}/announce", taddr.ip(), taddr.port());
     let t = w.path("u.torrent");
-    let hash = lt_create(&w, &src, &t, &[url.clone()], 32 * 1024);
+    let hash = lt_create(&w, &src, &t, std::slice::from_ref(&url), 32 * 1024);
     let _tracker = Tracker::start(&w, taddr, &[&hash]);
     // libtorrent announces over UDP too, so opentracker hands each side the other.
     let mut lt = lt_peer(&w, "lt-seed", "seed", &t, &seed_dir, endpoint(), &[]);
@@ -55,6 +55,11 @@ fn udp_tracker_announce_against_opentracker() {
     assert!(
         log.contains(&format!("tracker {url}: ")) && log.contains("peers"),
         "no UDP announce in the log"
+    );
+    // BEP 15 scrape follows the first announce; its counts feed `status`.
+    assert!(
+        log.contains(&format!("tracker {url}: scrape: ")),
+        "no UDP scrape in the log"
     );
 }
 

@@ -60,6 +60,8 @@ const DHT_SEND_BUDGET: usize = 64;
 const DHT_ANNOUNCE_DOWNLOADING: Duration = Duration::from_secs(300);
 const DHT_ANNOUNCE_SEEDING: Duration = Duration::from_secs(900);
 const DHT_RETRY_EMPTY: Duration = Duration::from_secs(15);
+/// Scrapes (swarm counts for `status`) at most this often per torrent.
+const SCRAPE_INTERVAL: Duration = Duration::from_secs(600);
 /// Fill-and-write rounds per peer per turn (each round sends up to one buffer).
 const WRITE_ROUNDS: usize = 32;
 /// Outgoing TCP connects that take longer than this are abandoned.
@@ -127,6 +129,8 @@ struct TrackerConn {
     torrent: usize,
     /// The BEP 15 exchange for a `udp://` tracker (no TCP stream then).
     udp: Option<UdpAnnounce>,
+    /// A scrape (BEP 48 / BEP 15) rather than an announce: only fills in seeder counts.
+    scrape: bool,
     job: Job,
     url: Url,
     stream: Option<TcpStream>,
@@ -166,6 +170,8 @@ struct Entry {
     note: Option<String>,
     /// Next DHT announce (and peer lookup) for this torrent.
     dht_next: Instant,
+    /// Last scrape sent for this torrent.
+    scraped_at: Option<Instant>,
 }
 
 pub struct Engine {
@@ -378,6 +384,7 @@ impl Engine {
             seeding_since: None,
             note: None,
             dht_next: Instant::ZERO,
+            scraped_at: None,
         });
         self.torrents.len() - 1
     }
@@ -1519,7 +1526,10 @@ impl Engine {
                 };
                 self.tracker_done(h, resp, now);
             }
-            Ok(Some(UdpOutcome::Scraped(_))) => self.drop_tracker(h),
+            Ok(Some(UdpOutcome::Scraped(entries))) => match entries.first() {
+                Some(x) => self.scrape_done(h, x.seeders, x.leechers),
+                None => self.drop_tracker(h),
+            },
             Err(_) => {}
         }
     }
@@ -1665,11 +1675,59 @@ impl Engine {
             deadline: now + TRACKER_TIMEOUT,
             redirects: 0,
             udp: None,
+            scrape: false,
         };
         let Some(h) = self.trackers.insert(conn) else {
             return;
         };
         self.tracker_begin(h, now);
+    }
+
+    /// Asks the tracker that just answered for swarm counts (scrape), at most every 10 min.
+    fn start_scrape(&mut self, ti: usize, job: Job, now: Instant) {
+        let Some(e) = self.torrents.get_mut(ti) else {
+            return;
+        };
+        if e.scraped_at.is_some_and(|t| now.since(t) < SCRAPE_INTERVAL) || self.trackers.is_full() {
+            return;
+        }
+        e.scraped_at = Some(now);
+        let Ok(url) = tracker::parse_url(&job.url) else {
+            return;
+        };
+        if url.scheme == Scheme::Http && tracker::scrape_url(&url).is_none() {
+            return;
+        }
+        let conn = TrackerConn {
+            torrent: ti,
+            job,
+            url,
+            stream: None,
+            dns_id: None,
+            dns_qtype: dns::QType::A,
+            req: Vec::new(),
+            sent: 0,
+            resp: Vec::new(),
+            deadline: now + TRACKER_TIMEOUT,
+            redirects: 0,
+            udp: None,
+            scrape: true,
+        };
+        if let Some(h) = self.trackers.insert(conn) {
+            self.tracker_begin(h, now);
+        }
+    }
+
+    fn scrape_done(&mut self, h: Handle, seeders: u32, leechers: u32) {
+        let Some(c) = self.trackers.get(h) else {
+            return;
+        };
+        let (ti, url) = (c.torrent, c.job.url.clone());
+        self.drop_tracker(h);
+        info!("tracker {url}: scrape: {seeders} seeders, {leechers} leechers");
+        if let Some(e) = self.torrents.get_mut(ti) {
+            e.ann.set_scrape(&url, seeders, leechers);
+        }
     }
 
     /// Resolves (or connects, when the host is an address) and sends the request.
@@ -1779,6 +1837,51 @@ impl Engine {
         let addr = SocketAddr::new(ip, c.url.port);
         let e = &self.torrents[c.torrent];
         let t = &e.t;
+        if c.scrape {
+            if c.url.scheme == Scheme::Udp {
+                let cfg = RetryConfig {
+                    base: Duration::from_secs(5),
+                    max_exponent: 1,
+                };
+                match UdpAnnounce::new_scrape(now, addr, vec![t.meta.info_hash], cfg) {
+                    Ok(u) => {
+                        c.udp = Some(u);
+                        self.udp_trackers_poll(now);
+                    }
+                    Err(_) => self.drop_tracker(h),
+                }
+                return;
+            }
+            let Some(surl) = tracker::scrape_url(&c.url) else {
+                self.drop_tracker(h);
+                return;
+            };
+            c.req.clear();
+            tracker::build_scrape(&surl, &[t.meta.info_hash], &mut c.req);
+            c.sent = 0;
+            c.resp.clear();
+            let bind = self.opts.bind.filter(|b| b.is_ipv4() == ip.is_ipv4());
+            match net::connect(addr, bind) {
+                Ok(mut s) => {
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut s,
+                            token(KIND_TRACKER, h),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
+                        self.drop_tracker(h);
+                        return;
+                    }
+                    c.stream = Some(s);
+                }
+                Err(_) => self.drop_tracker(h),
+            }
+            return;
+        }
         if c.url.scheme == Scheme::Udp {
             let params = AnnounceParams {
                 info_hash: t.meta.info_hash,
@@ -1919,6 +2022,12 @@ impl Engine {
                     self.tracker_redirect(h, loc, now);
                 } else if r.status != 200 {
                     self.tracker_failed(h, format!("HTTP status {}", r.status), now);
+                } else if c.scrape {
+                    let hash = self.torrents[c.torrent].t.meta.info_hash;
+                    match tracker::parse_scrape(&r.body, &hash) {
+                        Ok(Some((seeders, leechers, _))) => self.scrape_done(h, seeders, leechers),
+                        _ => self.drop_tracker(h),
+                    }
                 } else {
                     match tracker::parse_announce(&r.body) {
                         Ok(a) => self.tracker_done(h, a, now),
@@ -1992,6 +2101,9 @@ impl Engine {
                 leechers: a.incomplete,
             },
         );
+        if job.event != TrackerEvent::Stopped {
+            self.start_scrape(ti, job, now);
+        }
     }
 
     fn tracker_failed(&mut self, h: Handle, err: String, now: Instant) {
@@ -2000,8 +2112,11 @@ impl Engine {
         };
         let ti = c.torrent;
         let job = c.job.clone();
+        let scrape = c.scrape;
         self.drop_tracker(h);
-        if job.event != TrackerEvent::Stopped {
+        if scrape {
+            debug!("tracker {}: scrape failed: {}", job.url, err);
+        } else if job.event != TrackerEvent::Stopped {
             warn!("tracker {}: {}", job.url, err);
             self.torrents[ti].ann.on_failure(now, &job, err);
         }
