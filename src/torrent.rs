@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use log::{debug, info, warn};
 
-use crate::bencode;
 use crate::bitfield::Bitfield;
 use crate::choker::{Choker, PeerInfo};
+use crate::ext::{self, ExtHandshake, MetadataMsg, PexMessage};
 use crate::hash::Sha1;
 use crate::metainfo::Metainfo;
+pub use crate::peer::Candidate;
 use crate::peer::{
-    CloseReason, Outstanding, PeerConn, Phase, MAX_ALLOWED_FAST, MAX_INCOMING_REQUESTS,
+    Candidates, CloseReason, Outstanding, PeerConn, Phase, MAX_ALLOWED_FAST, MAX_INCOMING_REQUESTS,
     MAX_OUTSTANDING, SNUB_TIMEOUT,
 };
 use crate::picker::{BlockRef, Picker, PieceSet, Received};
@@ -43,10 +44,39 @@ pub const DEFAULT_MAX_CANDIDATES: usize = 500;
 /// Pieces whose data came from a peer that sent a corrupt piece; after this many the peer is
 /// dropped and not dialled again.
 pub const MAX_HASH_FAILURES: u32 = 3;
-/// Largest extended-protocol handshake we parse (BEP 10 payloads are a few hundred bytes).
-const MAX_EXT_HANDSHAKE: usize = 8192;
-/// Our extended handshake message id namespace: we advertise no extensions yet.
-const EXT_HANDSHAKE_ID: u8 = 0;
+/// Bytes already queued to a peer above which its ut_metadata requests are rejected instead
+/// of answered (BEP 9 allows rejecting for flood protection): two answers' worth, so a peer
+/// asking faster than it reads cannot make us buffer the whole info dictionary for it.
+pub const METADATA_SERVE_MAX_TX: usize = 2 * (ext::METADATA_PIECE_LEN + 64);
+/// Metadata pieces answered per connection beyond the dictionary's own count (twice over plus
+/// this slack); more requests are rejected, since an honest peer needs each piece once.
+pub const METADATA_SERVE_SLACK: u32 = 4;
+/// Incoming ut_pex messages closer together than this are ignored (BEP 11: at most one per
+/// minute; a little slack for timer jitter).
+pub const PEX_RX_MIN_INTERVAL: Duration = Duration::from_secs(45);
+/// Send-buffer room needed before a PEX message is composed: the largest one (100 IPv6
+/// contacts with flags plus 50 dropped, BEP 11 caps in `ext`) is under 3 KiB.
+const PEX_TX_RESERVE: usize = 4096;
+/// Client name and version sent in the extension handshake (`v`).
+const CLIENT_VERSION: &str = concat!("atorrent/", env!("CARGO_PKG_VERSION"));
+
+/// Our BEP 10 extension handshake: ut_metadata always (BEP 9; `metadata_size` when we hold the
+/// info dictionary), ut_pex unless `pex` is false (private torrents, BEP 27).
+pub fn our_ext_handshake(metadata_size: Option<u32>, pex: bool, listen_port: u16) -> Vec<u8> {
+    let mut m = vec![(ext::UT_METADATA.to_string(), ext::OUR_UT_METADATA_ID)];
+    if pex {
+        m.push((ext::UT_PEX.to_string(), ext::OUR_UT_PEX_ID));
+    }
+    ExtHandshake {
+        m,
+        p: Some(listen_port).filter(|&p| p != 0),
+        v: Some(CLIENT_VERSION.to_string()),
+        reqq: Some(MAX_INCOMING_REQUESTS as u32),
+        metadata_size: metadata_size.filter(|&n| n > 0 && n <= ext::MAX_METADATA_SIZE),
+        ..ExtHandshake::default()
+    }
+    .encode()
+}
 
 /// Memory shared by every torrent of an engine: the chunk pool for piece assembly and one
 /// scratch chunk for reading data back (hash checks). Allocated once at start.
@@ -142,17 +172,6 @@ impl State {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct Candidate {
-    pub addr: SocketAddr,
-    pub connected: bool,
-    pub failures: u8,
-    pub next_attempt: Instant,
-    pub banned: bool,
-    /// The peer failed the encryption handshake: with `prefer`, dial it in plaintext.
-    pub plain_only: bool,
-}
-
 /// Things the engine must act on, drained with `poll_event`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -173,7 +192,10 @@ pub struct Torrent {
     pub have: Bitfield,
     pub state: State,
     pub peer_id: [u8; 20],
-    pub candidates: Vec<Candidate>,
+    pub candidates: Candidates,
+    /// The raw bencoded info dictionary, served to peers over ut_metadata (BEP 9). Set by the
+    /// engine from the .torrent file or a finished magnet fetch; `None` rejects requests.
+    pub info: Option<Vec<u8>>,
     pub downloaded: u64,
     pub uploaded: u64,
     pub wasted: u64,
@@ -240,7 +262,8 @@ impl Torrent {
             have,
             state,
             peer_id,
-            candidates: Vec::new(),
+            candidates: Candidates::new(),
+            info: None,
             downloaded: 0,
             uploaded: 0,
             wasted: 0,
@@ -351,88 +374,37 @@ impl Torrent {
 
     // ----- candidates -----
 
-    /// Adds a peer address learned from a tracker, `--peer` or an incoming connection.
-    pub fn add_candidate(&mut self, addr: SocketAddr, now: Instant) {
-        if addr.port() == 0 || self.candidates.iter().any(|c| c.addr == addr) {
-            return;
-        }
-        if self.candidates.len() >= self.settings.max_candidates {
-            // Forget a failed, unconnected candidate to make room; otherwise drop the new one.
-            match self
-                .candidates
-                .iter()
-                .position(|c| !c.connected && c.failures > 0)
-            {
-                Some(i) => {
-                    self.candidates.swap_remove(i);
-                }
-                None => return,
-            }
-        }
-        self.candidates.push(Candidate {
-            addr,
-            connected: false,
-            failures: 0,
-            next_attempt: now,
-            banned: false,
-            plain_only: false,
-        });
+    /// Adds a peer address learned from a tracker, `--peer`, PEX or an incoming connection.
+    /// True when it is new.
+    pub fn add_candidate(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        self.candidates.add(addr, now, self.settings.max_candidates)
     }
 
     /// The next candidate to dial, marking it connected.
     pub fn next_candidate(&mut self, now: Instant) -> Option<SocketAddr> {
-        let c = self
-            .candidates
-            .iter_mut()
-            .filter(|c| !c.connected && !c.banned && c.next_attempt <= now)
-            .min_by_key(|c| (c.failures, c.next_attempt))?;
-        c.connected = true;
-        Some(c.addr)
+        self.candidates.next(now)
     }
 
     pub fn candidate_connected(&mut self, addr: SocketAddr) {
-        if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == addr) {
-            c.connected = true;
-        }
+        self.candidates.connected(addr)
     }
 
     /// A connection to `addr` ended; back off before dialling it again.
     pub fn candidate_closed(&mut self, addr: SocketAddr, reason: &CloseReason, now: Instant) {
-        let Some(c) = self.candidates.iter_mut().find(|c| c.addr == addr) else {
-            return;
-        };
-        c.connected = false;
-        match reason {
-            CloseReason::SelfConnection | CloseReason::BadPiece => c.banned = true,
-            CloseReason::Shutdown | CloseReason::TorrentStopped | CloseReason::Duplicate => {}
-            _ => {
-                c.failures = c.failures.saturating_add(1);
-                let backoff = 5u64 << c.failures.min(6);
-                c.next_attempt = now + Duration::from_secs(backoff);
-            }
-        }
+        self.candidates.closed(addr, reason, now)
     }
 
     /// Retry `addr` at once without encryption (it refused or failed MSE).
     pub fn mark_plain_only(&mut self, addr: SocketAddr, now: Instant) {
-        if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == addr) {
-            if !c.plain_only {
-                c.plain_only = true;
-                c.next_attempt = now;
-            }
-        }
+        self.candidates.mark_plain_only(addr, now)
     }
 
     pub fn candidate_plain_only(&self, addr: &SocketAddr) -> bool {
-        self.candidates
-            .iter()
-            .any(|c| c.addr == *addr && c.plain_only)
+        self.candidates.plain_only(addr)
     }
 
     pub fn is_banned(&self, addr: &SocketAddr) -> bool {
-        self.candidates
-            .iter()
-            .any(|c| c.addr.ip() == addr.ip() && c.banned && c.addr == *addr)
+        self.candidates.is_banned(addr)
     }
 
     // ----- connection lifecycle -----
@@ -461,20 +433,10 @@ impl Torrent {
             }
         }
         if p.extended {
-            let mut payload = Vec::with_capacity(96);
-            payload.push(b'd');
-            bencode::put_bytes(&mut payload, b"m");
-            payload.extend_from_slice(b"de");
-            bencode::put_kv_int(&mut payload, "p", self.settings.listen_port as i64);
-            bencode::put_kv_int(&mut payload, "reqq", MAX_INCOMING_REQUESTS as i64);
-            bencode::put_kv_bytes(
-                &mut payload,
-                "v",
-                concat!("atorrent/", env!("CARGO_PKG_VERSION")).as_bytes(),
-            );
-            payload.push(b'e');
+            let size = self.info.as_ref().and_then(|i| u32::try_from(i.len()).ok());
+            let payload = our_ext_handshake(size, !self.meta.private, self.settings.listen_port);
             p.push(&Message::Extended {
-                id: EXT_HANDSHAKE_ID,
+                id: wire::EXTENDED_HANDSHAKE_ID,
                 payload: &payload,
             });
         }
@@ -664,17 +626,86 @@ impl Torrent {
                 }
             }
             Message::Port(_) => {}
-            Message::Extended { id, payload } => {
-                if id == EXT_HANDSHAKE_ID && payload.len() <= MAX_EXT_HANDSHAKE {
-                    if let Ok(v) = bencode::decode(payload) {
-                        if let Some(q) = v.get(b"reqq").and_then(|q| q.as_int()) {
-                            p.peer_reqq = q.clamp(1, MAX_OUTSTANDING as i64) as usize;
-                        }
-                    }
-                }
-            }
+            Message::Extended { id, payload } => self.on_extended(p, id, payload, now),
             Message::Unknown { .. } => {}
         }
+    }
+
+    /// BEP 10 extended messages: the peer's handshake, ut_metadata (BEP 9) and ut_pex (BEP 11).
+    /// Ids are the ones we advertised in `our_ext_handshake`.
+    fn on_extended(&mut self, p: &mut PeerConn, id: u8, payload: &[u8], now: Instant) {
+        match id {
+            wire::EXTENDED_HANDSHAKE_ID => match p.on_ext_handshake(payload) {
+                Ok(_) => {
+                    // BEP 27: no PEX at all on private torrents.
+                    if self.meta.private || p.ext_ut_pex.is_none() {
+                        p.pex = None;
+                    } else if p.pex.is_none() {
+                        p.pex = Some(ext::PexState::new());
+                    }
+                }
+                // Extensions are optional: a peer with a broken handshake just gets none.
+                Err(e) => debug!("peer {}: extension handshake ignored: {e}", p.addr),
+            },
+            ext::OUR_UT_METADATA_ID => match ext::parse_metadata_msg(payload) {
+                Ok(MetadataMsg::Request { piece }) => self.serve_metadata(p, piece),
+                // We never ask a torrent's peers for metadata; unsolicited answers are dropped.
+                Ok(_) => {}
+                Err(e) => p.close(CloseReason::Protocol(e.to_string())),
+            },
+            ext::OUR_UT_PEX_ID => {
+                if self.meta.private {
+                    return;
+                }
+                if p.pex_rx_at
+                    .is_some_and(|t| now.since(t) < PEX_RX_MIN_INTERVAL)
+                {
+                    return;
+                }
+                match PexMessage::parse(payload) {
+                    Ok(m) => {
+                        p.pex_rx_at = Some(now);
+                        // Contacts are only candidates (BEP 11): dialled like any other,
+                        // capped by `max_candidates`; `parse` already capped and filtered them.
+                        for (addr, _) in m.added {
+                            self.add_candidate(addr, now);
+                        }
+                    }
+                    Err(e) => p.close(CloseReason::Protocol(e.to_string())),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers a ut_metadata request with the piece, or rejects it when we hold no info
+    /// dictionary, the piece is out of range, or the peer already has plenty queued.
+    fn serve_metadata(&mut self, p: &mut PeerConn, piece: u32) {
+        let Some(reply_id) = p.ext_ut_metadata else {
+            // It never told us an id to answer with (BEP 10): nothing we can send.
+            return;
+        };
+        let data = self.info.as_deref().and_then(|info| {
+            let budget = ext::metadata_piece_count(info.len() as u32)
+                .saturating_mul(2)
+                .saturating_add(METADATA_SERVE_SLACK);
+            if p.tx_pending().len() > METADATA_SERVE_MAX_TX || p.metadata_served >= budget {
+                return None;
+            }
+            let d = ext::metadata_piece(info, piece)?;
+            Some(ext::encode_metadata_data(piece, info.len() as u32, d))
+        });
+        let payload = match data {
+            Some(d) => {
+                p.metadata_served = p.metadata_served.saturating_add(1);
+                d
+            }
+            None => ext::encode_metadata_reject(piece),
+        };
+        p.push(&Message::Extended {
+            id: reply_id,
+            payload: &payload,
+        });
     }
 
     fn block_of(&self, r: BlockRequest) -> Option<BlockRef> {
@@ -930,13 +961,12 @@ impl Torrent {
             self.wasted += plen;
             self.downloaded = self.downloaded.saturating_sub(plen);
             self.picker.piece_failed(piece);
+            let max = self.settings.max_candidates;
             for a in &part.contributors {
-                if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == *a) {
-                    c.failures = c.failures.saturating_add(1);
-                    if (part.contributors.len() == 1 || c.failures as u32 >= MAX_HASH_FAILURES)
-                        && !c.banned
+                if let Some(failures) = self.candidates.note_failure(a) {
+                    if (part.contributors.len() == 1 || u32::from(failures) >= MAX_HASH_FAILURES)
+                        && self.candidates.ban(*a, Instant::ZERO, max)
                     {
-                        c.banned = true;
                         self.banned.push(*a);
                     }
                 }
@@ -952,7 +982,7 @@ impl Torrent {
 
     /// Whether the peer at `addr` has been banned for corrupt data; the engine closes it.
     pub fn should_drop(&self, addr: &SocketAddr) -> bool {
-        self.candidates.iter().any(|c| c.addr == *addr && c.banned)
+        self.candidates.is_banned(addr)
     }
 
     // ----- output -----
@@ -966,6 +996,62 @@ impl Torrent {
             } else {
                 &Message::NotInterested
             });
+        }
+    }
+
+    /// BEP 11: tells each peer that supports ut_pex which other peers we are connected to
+    /// (by listen address), at most once a minute per peer (`PexState` keeps the pace).
+    fn send_pex(now: Instant, list: &mut [&mut PeerConn]) {
+        if !list
+            .iter()
+            .any(|p| p.pex.as_ref().is_some_and(|s| now >= s.poll_at()))
+        {
+            return;
+        }
+        let contacts: Vec<(usize, SocketAddr, u8)> = list
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.close.is_none())
+            .filter_map(|(i, p)| {
+                let mut flags = 0;
+                if p.seed {
+                    flags |= ext::PEX_FLAG_SEED;
+                }
+                if p.outgoing {
+                    flags |= ext::PEX_FLAG_REACHABLE;
+                }
+                if p.encrypted {
+                    flags |= ext::PEX_FLAG_ENCRYPTION;
+                }
+                Some((i, p.listen_addr()?, flags))
+            })
+            .collect();
+        let mut current = Vec::with_capacity(contacts.len());
+        for (i, p) in list.iter_mut().enumerate() {
+            // Only poll with room for the largest message: once polled, its contacts count
+            // as told.
+            if p.close.is_some() || p.tx_space() < PEX_TX_RESERVE {
+                continue;
+            }
+            let (Some(state), Some(id)) = (p.pex.as_mut(), p.ext_ut_pex) else {
+                continue;
+            };
+            if now < state.poll_at() {
+                continue;
+            }
+            current.clear();
+            current.extend(
+                contacts
+                    .iter()
+                    .filter(|(j, _, _)| *j != i)
+                    .map(|&(_, a, f)| (a, f)),
+            );
+            if let Some(m) = state.poll(now, &current) {
+                p.push(&Message::Extended {
+                    id,
+                    payload: &m.encode(),
+                });
+            }
         }
     }
 
@@ -1132,6 +1218,9 @@ impl Torrent {
             if self.state == State::Seeding && !p.peer_interested && p.seed {
                 p.close(CloseReason::NotInteresting);
             }
+        }
+        if !self.meta.private {
+            Self::send_pex(now, &mut list);
         }
         if now >= self.choker.poll_at() {
             self.info_buf.clear();
