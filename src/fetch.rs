@@ -440,3 +440,248 @@ impl Fetch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bencode;
+    use crate::bitfield::Bitfield;
+    use crate::ext::ExtHandshake;
+    use crate::hash::sha1;
+    use crate::rng::Rng;
+    use crate::storage::MemStore;
+    use crate::torrent::{Buffers, Settings, Torrent};
+    use std::time::Duration;
+
+    const DATA_LEN: usize = 50_000;
+    const PIECE_LEN: u32 = 16384;
+
+    fn data() -> Vec<u8> {
+        let mut d = vec![0u8; DATA_LEN];
+        Rng::new(5).fill(&mut d);
+        d
+    }
+
+    /// A real info dictionary padded with an unknown key to three metadata pieces.
+    fn info_dict(data: &[u8]) -> Vec<u8> {
+        let mut pieces = Vec::new();
+        for c in data.chunks(PIECE_LEN as usize) {
+            pieces.extend_from_slice(&sha1(c));
+        }
+        let mut pad = vec![0u8; 40_000];
+        Rng::new(6).fill(&mut pad);
+        let mut out = b"d".to_vec();
+        bencode::put_kv_int(&mut out, "length", data.len() as i64);
+        bencode::put_kv_bytes(&mut out, "name", b"magnet.bin");
+        bencode::put_kv_int(&mut out, "piece length", i64::from(PIECE_LEN));
+        bencode::put_kv_bytes(&mut out, "pieces", &pieces);
+        bencode::put_kv_bytes(&mut out, "x-padding", &pad);
+        out.push(b'e');
+        out
+    }
+
+    /// A seeding torrent built from `info` that serves `served` as its metadata.
+    fn seeder(info: &[u8], served: Vec<u8>) -> Torrent {
+        let meta = crate::metainfo::parse_info(info, vec![]).unwrap().meta;
+        let n = meta.piece_count();
+        let mut t = Torrent::new(
+            meta,
+            Bitfield::full(n),
+            Box::new(MemStore::from_bytes(data())),
+            1,
+            [1; 20],
+            Settings {
+                upload_slots: 4,
+                max_candidates: 50,
+                listen_port: 6881,
+            },
+            Rng::new(1),
+        )
+        .unwrap();
+        t.info = Some(served);
+        t
+    }
+
+    fn addr(n: u8) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, n], 6881))
+    }
+
+    fn pipe(from: &mut PeerConn, to: &mut PeerConn) {
+        let pending = from.tx_pending().len();
+        let n = pending.min(to.rx.len() - to.rx_len);
+        let start = from.tx_pos;
+        to.rx[to.rx_len..to.rx_len + n].copy_from_slice(&from.tx[start..start + n]);
+        to.rx_len += n;
+        from.tx_consumed(n);
+    }
+
+    /// One seeder link: the seeder's side `s` and the fetch's side `f`.
+    struct Link {
+        t: Torrent,
+        s: PeerConn,
+        f: PeerConn,
+        bufs: Buffers,
+    }
+
+    fn link(fetch: &mut Fetch, t: Torrent, n: u8) -> Link {
+        let now = Instant::ZERO;
+        let mut s = PeerConn::with_buffers(64 * 1024);
+        let mut f = PeerConn::with_buffers(64 * 1024);
+        s.reset(SocketAddr::from(([127, 0, 1, n], 50000)), false, now);
+        f.reset(addr(n), true, now);
+        for p in [&mut s, &mut f] {
+            p.fast = true;
+            p.extended = true;
+        }
+        fetch.add_candidate(addr(n), now);
+        assert_eq!(fetch.next_candidate(now), Some(addr(n)));
+        let mut t = t;
+        t.on_established(&mut s, now);
+        fetch.on_established(&mut f, now);
+        Link {
+            t,
+            s,
+            f,
+            bufs: Buffers::new(1),
+        }
+    }
+
+    /// Runs the links until the fetch is done or nothing is left open; closed links are
+    /// reported to the fetch once.
+    fn run(fetch: &mut Fetch, links: &mut [Link]) -> Option<Result<Vec<u8>, String>> {
+        let mut now = Instant::ZERO;
+        let mut reported = vec![false; links.len()];
+        for _ in 0..500 {
+            now = now + Duration::from_millis(10);
+            for (i, l) in links.iter_mut().enumerate() {
+                if reported[i] {
+                    continue;
+                }
+                pipe(&mut l.s, &mut l.f);
+                fetch.handle_rx(&mut l.f, now);
+                pipe(&mut l.f, &mut l.s);
+                l.t.handle_rx(&mut l.s, now, &mut l.bufs);
+                l.t.fill_tx(&mut l.s, now);
+                fetch.fill_tx(&mut l.f, now);
+                if l.f.close.is_some() || l.s.close.is_some() {
+                    fetch.on_closed(&mut l.f, now);
+                    reported[i] = true;
+                }
+            }
+            if let Some(r) = fetch.poll_done() {
+                return Some(r);
+            }
+            if reported.iter().all(|&r| r) {
+                return None;
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn fetch_from_seeder_yields_verified_info() {
+        let info = info_dict(&data());
+        assert!(info.len() > 2 * ext::METADATA_PIECE_LEN);
+        let hash = sha1(&info);
+        let mut fetch = Fetch::new(hash, Some("m".into()), [2; 20], 6882);
+        let mut links = vec![link(&mut fetch, seeder(&info, info.clone()), 1)];
+        let got = run(&mut fetch, &mut links).expect("done").unwrap();
+        assert_eq!(got, info);
+        assert!(fetch.is_finished());
+        assert_eq!(fetch.poll_done(), None, "reported once");
+        let parsed = crate::metainfo::parse_info(&got, vec![]).unwrap();
+        assert_eq!(parsed.meta.info_hash, hash);
+        assert_eq!(parsed.meta.total_length, DATA_LEN as u64);
+        assert!(links[0].f.close.is_none());
+    }
+
+    #[test]
+    fn fetch_tampered_peer_banned_then_honest_peer_completes() {
+        let info = info_dict(&data());
+        let mut bad = info.clone();
+        bad[info.len() - 100] ^= 0x55;
+        let mut fetch = Fetch::new(sha1(&info), None, [2; 20], 6882);
+        let mut links = vec![link(&mut fetch, seeder(&info, bad), 1)];
+        assert_eq!(run(&mut fetch, &mut links), None);
+        assert_eq!(links[0].f.close, Some(CloseReason::BadPiece));
+        assert_eq!(fetch.poll_banned(), Some(addr(1)));
+        assert!(fetch.should_drop(&addr(1)));
+        assert_eq!(fetch.progress().0, 0, "the round restarted");
+        // The banned peer is not dialled again; an honest one finishes the job.
+        assert_eq!(fetch.next_candidate(Instant::from_secs(3600)), None);
+        links.push(link(&mut fetch, seeder(&info, info.clone()), 2));
+        let got = run(&mut fetch, &mut links[1..]).expect("done").unwrap();
+        assert_eq!(got, info);
+    }
+
+    #[test]
+    fn fetch_peer_with_oversized_metadata_is_not_used() {
+        let mut fetch = Fetch::new([9; 20], None, [2; 20], 6882);
+        let mut p = PeerConn::with_buffers(4096);
+        p.reset(addr(3), true, Instant::ZERO);
+        p.extended = true;
+        fetch.on_established(&mut p, Instant::ZERO);
+        let h = ExtHandshake {
+            m: vec![(ext::UT_METADATA.into(), 3)],
+            metadata_size: Some(ext::MAX_METADATA_SIZE + 1),
+            ..ExtHandshake::default()
+        };
+        let payload = h.encode();
+        let m = Message::Extended {
+            id: 0,
+            payload: &payload,
+        };
+        p.rx_len = m.encode(&mut p.rx).unwrap();
+        fetch.handle_rx(&mut p, Instant::ZERO);
+        assert_eq!(p.close, Some(CloseReason::NotInteresting));
+        assert_eq!(fetch.metadata_size(), None, "no buffer allocated");
+        let before = p.tx_pending().len();
+        fetch.fill_tx(&mut p, Instant::ZERO);
+        assert_eq!(p.tx_pending().len(), before, "nothing requested");
+    }
+
+    #[test]
+    fn fetch_handshake_has_no_metadata_size_or_pex_and_garbage_closes() {
+        let mut fetch = Fetch::new([9; 20], None, [2; 20], 6882);
+        let mut p = PeerConn::with_buffers(4096);
+        p.reset(addr(4), true, Instant::ZERO);
+        p.extended = true;
+        p.fast = true;
+        fetch.on_established(&mut p, Instant::ZERO);
+        let tx = p.tx_pending().to_vec();
+        let (first, n) = wire::decode(&tx, 4096).unwrap().unwrap();
+        assert_eq!(first, Message::HaveNone);
+        let Some((Message::Extended { id: 0, payload }, _)) = wire::decode(&tx[n..], 4096).unwrap()
+        else {
+            panic!("no extension handshake");
+        };
+        let h = ExtHandshake::parse(payload).unwrap();
+        assert_eq!(h.id_of(ext::UT_METADATA), Some(ext::OUR_UT_METADATA_ID));
+        assert_eq!(h.id_of(ext::UT_PEX), None);
+        assert_eq!(h.metadata_size, None);
+        assert_eq!(h.p, Some(6882));
+        // A malformed ut_metadata message is a protocol error.
+        let m = Message::Extended {
+            id: ext::OUR_UT_METADATA_ID,
+            payload: b"d8:msg_typei1ee",
+        };
+        p.rx_len = m.encode(&mut p.rx).unwrap();
+        fetch.handle_rx(&mut p, Instant::ZERO);
+        assert!(matches!(p.close, Some(CloseReason::Protocol(_))));
+    }
+
+    #[test]
+    fn fetch_keys_are_unique_per_connection() {
+        let mut fetch = Fetch::new([9; 20], None, [2; 20], 6882);
+        let mut p = PeerConn::with_buffers(1024);
+        let mut keys = Vec::new();
+        for _ in 0..3 {
+            p.reset(addr(5), true, Instant::ZERO);
+            p.extended = true;
+            fetch.on_established(&mut p, Instant::ZERO);
+            keys.push(p.fetch_key);
+            fetch.on_closed(&mut p, Instant::ZERO);
+        }
+        assert_eq!(keys, vec![1, 2, 3]);
+    }
+}
