@@ -47,7 +47,7 @@ pub const MAX_HASH_FAILURES: u32 = 3;
 /// Bytes already queued to a peer above which its ut_metadata requests are rejected instead
 /// of answered (BEP 9 allows rejecting for flood protection): two answers' worth, so a peer
 /// asking faster than it reads cannot make us buffer the whole info dictionary for it.
-pub const METADATA_SERVE_MAX_TX: usize = 2 * (ext::METADATA_PIECE_LEN + 64);
+pub const METADATA_SERVE_MAX_TX: usize = 2 * ext::METADATA_PIECE_LEN;
 /// Metadata pieces answered per connection beyond the dictionary's own count (twice over plus
 /// this slack); more requests are rejected, since an honest peer needs each piece once.
 pub const METADATA_SERVE_SLACK: u32 = 4;
@@ -689,7 +689,7 @@ impl Torrent {
             let budget = ext::metadata_piece_count(info.len() as u32)
                 .saturating_mul(2)
                 .saturating_add(METADATA_SERVE_SLACK);
-            if p.tx_pending().len() > METADATA_SERVE_MAX_TX || p.metadata_served >= budget {
+            if p.tx_pending().len() >= METADATA_SERVE_MAX_TX || p.metadata_served >= budget {
                 return None;
             }
             let d = ext::metadata_piece(info, piece)?;
@@ -1269,6 +1269,7 @@ mod tests {
     use super::*;
     use crate::metainfo::FileEntry;
     use crate::storage::MemStore;
+    use crate::wire;
 
     fn meta_for(data: &[u8], piece_length: u32) -> Metainfo {
         let mut pieces = Vec::new();
@@ -1474,5 +1475,270 @@ mod tests {
         p.rx_len = n;
         seed.handle_rx(&mut p, Instant::ZERO, &mut Buffers::new(1));
         assert!(matches!(p.close, Some(CloseReason::Protocol(_))));
+    }
+
+    // ----- extension protocol (BEP 10/9/11) -----
+
+    fn torrent(data: &[u8], private: bool, full: bool, port: u16, seed: u64) -> Torrent {
+        let mut meta = meta_for(data, 16384);
+        meta.private = private;
+        let n = meta.piece_count();
+        Torrent::new(
+            meta,
+            if full {
+                Bitfield::full(n)
+            } else {
+                Bitfield::new(n)
+            },
+            Box::new(MemStore::from_bytes(data.to_vec())),
+            1,
+            [seed as u8; 20],
+            Settings {
+                upload_slots: 4,
+                max_candidates: 50,
+                listen_port: port,
+            },
+            Rng::new(seed),
+        )
+        .unwrap()
+    }
+
+    /// Connects `dialler` to `listener` at `listen`; the listener sees the dialler from
+    /// `from` (an ephemeral port). Returns (dialler's conn, listener's conn).
+    fn connect(
+        dialler: &mut Torrent,
+        listener: &mut Torrent,
+        listen: SocketAddr,
+        from: SocketAddr,
+        buf: usize,
+    ) -> (PeerConn, PeerConn) {
+        let now = Instant::ZERO;
+        let mut d = PeerConn::with_buffers(buf);
+        let mut l = PeerConn::with_buffers(buf);
+        d.reset(listen, true, now);
+        l.reset(from, false, now);
+        for p in [&mut d, &mut l] {
+            p.fast = true;
+            p.extended = true;
+        }
+        dialler.on_established(&mut d, now);
+        listener.on_established(&mut l, now);
+        (d, l)
+    }
+
+    /// Delivers both directions of a link once.
+    fn exchange(
+        a: &mut Torrent,
+        pa: &mut PeerConn,
+        b: &mut Torrent,
+        pb: &mut PeerConn,
+        now: Instant,
+    ) {
+        let mut bufs = Buffers::new(1);
+        pipe(pa, pb);
+        b.handle_rx(pb, now, &mut bufs);
+        pipe(pb, pa);
+        a.handle_rx(pa, now, &mut bufs);
+    }
+
+    /// Extended messages queued in `p.tx`, as (id, payload).
+    fn extended_sent(p: &PeerConn) -> Vec<(u8, Vec<u8>)> {
+        let tx = p.tx_pending();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Ok(Some((m, n))) = wire::decode(&tx[at..], 1 << 20) {
+            if let Message::Extended { id, payload } = m {
+                out.push((id, payload.to_vec()));
+            }
+            at += n;
+        }
+        out
+    }
+
+    fn handshake_of(p: &PeerConn) -> ExtHandshake {
+        let (_, h) = extended_sent(p)
+            .into_iter()
+            .find(|(id, _)| *id == 0)
+            .expect("extension handshake sent");
+        ExtHandshake::parse(&h).unwrap()
+    }
+
+    #[test]
+    fn established_sends_ext_handshake_with_metadata_size_and_pex() {
+        let data = test_data(50_000);
+        let mut a = torrent(&data, false, true, 6881, 1);
+        a.info = Some(vec![b'x'; 20_000]);
+        let mut p = PeerConn::with_buffers(8192);
+        p.reset(addr(9), false, Instant::ZERO);
+        p.extended = true;
+        a.on_established(&mut p, Instant::ZERO);
+        let h = handshake_of(&p);
+        assert_eq!(h.id_of(ext::UT_METADATA), Some(ext::OUR_UT_METADATA_ID));
+        assert_eq!(h.id_of(ext::UT_PEX), Some(ext::OUR_UT_PEX_ID));
+        assert_eq!(h.metadata_size, Some(20_000));
+        assert_eq!(h.p, Some(6881));
+        assert_eq!(h.reqq, Some(MAX_INCOMING_REQUESTS as u32));
+        assert!(h.v.unwrap().starts_with("atorrent/"));
+    }
+
+    #[test]
+    fn pex_peer_learns_third_peer_within_a_minute() {
+        let data = test_data(50_000);
+        let (a_addr, c_addr) = (addr(1), addr(3));
+        let mut a = torrent(&data, false, true, 6881, 1);
+        let mut b = torrent(&data, false, false, 6881, 2);
+        let mut c = torrent(&data, false, false, 6881, 3);
+        // B dials A and C; A and C see B from ephemeral ports.
+        let b_from = SocketAddr::from(([127, 0, 0, 2], 50001));
+        let (mut ba, mut ab) = connect(&mut b, &mut a, a_addr, b_from, 40 * 1024);
+        let (mut bc, mut cb) = connect(&mut b, &mut c, c_addr, b_from, 40 * 1024);
+        let mut now = Instant::ZERO;
+        exchange(&mut b, &mut ba, &mut a, &mut ab, now);
+        exchange(&mut b, &mut bc, &mut c, &mut cb, now);
+        assert!(
+            ba.pex.is_some() && ab.pex.is_some(),
+            "both sides advertised ut_pex"
+        );
+        assert_eq!(ab.listen_addr(), Some(addr(2)), "p port from B's handshake");
+        assert!(!a.candidates.contains(&c_addr));
+        let mut learned = None;
+        for s in 1..=60 {
+            now = Instant::from_secs(s);
+            let one = Duration::from_secs(1);
+            b.tick(now, one, [&mut ba, &mut bc].into_iter());
+            a.tick(now, one, std::iter::once(&mut ab));
+            c.tick(now, one, std::iter::once(&mut cb));
+            exchange(&mut b, &mut ba, &mut a, &mut ab, now);
+            exchange(&mut b, &mut bc, &mut c, &mut cb, now);
+            if a.candidates.contains(&c_addr) {
+                learned = Some(s);
+                break;
+            }
+        }
+        assert!(learned.is_some(), "A never heard of C");
+        assert!(c.candidates.contains(&a_addr), "C heard of A too");
+        assert!(
+            !a.candidates.contains(&addr(2)),
+            "B is not told about itself"
+        );
+        assert_eq!(a.next_candidate(now), Some(c_addr));
+    }
+
+    #[test]
+    fn private_torrent_no_pex_advertised_sent_or_accepted() {
+        let data = test_data(50_000);
+        let mut a = torrent(&data, true, true, 6881, 1);
+        let mut b = torrent(&data, true, false, 6881, 2);
+        let mut c = torrent(&data, true, false, 6881, 3);
+        let from = SocketAddr::from(([127, 0, 0, 2], 50001));
+        let (mut ba, mut ab) = connect(&mut b, &mut a, addr(1), from, 40 * 1024);
+        let (mut bc, mut cb) = connect(&mut b, &mut c, addr(3), from, 40 * 1024);
+        let h = handshake_of(&ba);
+        assert_eq!(h.id_of(ext::UT_PEX), None, "BEP 27: no ut_pex");
+        assert_eq!(h.id_of(ext::UT_METADATA), Some(ext::OUR_UT_METADATA_ID));
+        let now = Instant::ZERO;
+        exchange(&mut b, &mut ba, &mut a, &mut ab, now);
+        exchange(&mut b, &mut bc, &mut c, &mut cb, now);
+        // A peer that pretends to support ut_pex still gets no state and no messages.
+        let fake = ExtHandshake {
+            m: vec![(ext::UT_PEX.into(), 7)],
+            ..ExtHandshake::default()
+        };
+        let mut bufs = Buffers::new(1);
+        let push_rx = |p: &mut PeerConn, id: u8, payload: &[u8]| {
+            let m = Message::Extended { id, payload };
+            let n = m.encode(&mut p.rx[p.rx_len..]).unwrap();
+            p.rx_len += n;
+        };
+        push_rx(&mut ba, 0, &fake.encode());
+        let pex = PexMessage {
+            added: vec![(addr(77), 0)],
+            dropped: vec![],
+        };
+        push_rx(&mut ba, ext::OUR_UT_PEX_ID, &pex.encode());
+        b.handle_rx(&mut ba, now, &mut bufs);
+        assert!(ba.close.is_none());
+        assert!(ba.pex.is_none());
+        assert!(!b.candidates.contains(&addr(77)), "incoming ut_pex ignored");
+        for s in 1..=120 {
+            b.tick(
+                Instant::from_secs(s),
+                Duration::from_secs(1),
+                [&mut ba, &mut bc].into_iter(),
+            );
+        }
+        for p in [&ba, &bc] {
+            assert!(
+                extended_sent(p).is_empty(),
+                "no PEX sent on a private torrent"
+            );
+        }
+        // The same message on a public torrent is taken.
+        let mut d = torrent(&data, false, false, 6881, 4);
+        let mut p = PeerConn::with_buffers(8192);
+        p.reset(addr(5), true, now);
+        d.on_established(&mut p, now);
+        push_rx(&mut p, ext::OUR_UT_PEX_ID, &pex.encode());
+        d.handle_rx(&mut p, now, &mut bufs);
+        assert!(d.candidates.contains(&addr(77)));
+    }
+
+    #[test]
+    fn metadata_requests_served_rejected_and_bounded() {
+        let data = test_data(50_000);
+        let info: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let mut a = torrent(&data, false, true, 6881, 1);
+        let mut p = PeerConn::with_buffers(128 * 1024);
+        p.reset(addr(2), false, Instant::ZERO);
+        p.extended = true;
+        a.on_established(&mut p, Instant::ZERO);
+        p.tx_consumed(p.tx_pending().len());
+        let hs = ExtHandshake {
+            m: vec![(ext::UT_METADATA.into(), 9)],
+            ..ExtHandshake::default()
+        };
+        let mut rx = Vec::new();
+        let mut put = |id: u8, payload: &[u8]| {
+            let mut b = vec![0u8; payload.len() + 6];
+            let n = Message::Extended { id, payload }.encode(&mut b).unwrap();
+            rx.extend_from_slice(&b[..n]);
+        };
+        put(0, &hs.encode());
+        for piece in [0, 1, 2, 3] {
+            put(
+                ext::OUR_UT_METADATA_ID,
+                &ext::encode_metadata_request(piece),
+            );
+        }
+        let feed = |a: &mut Torrent, p: &mut PeerConn| {
+            p.rx[..rx.len()].copy_from_slice(&rx);
+            p.rx_len = rx.len();
+            a.handle_rx(p, Instant::ZERO, &mut Buffers::new(1));
+            let got: Vec<_> = extended_sent(p)
+                .into_iter()
+                .map(|(id, m)| {
+                    assert_eq!(id, 9, "answers use the peer's id");
+                    match ext::parse_metadata_msg(&m).unwrap() {
+                        MetadataMsg::Data { piece, data, .. } => (piece, Some(data.to_vec())),
+                        MetadataMsg::Reject { piece } => (piece, None),
+                        other => panic!("{other:?}"),
+                    }
+                })
+                .collect();
+            p.tx_consumed(p.tx_pending().len());
+            got
+        };
+        // No info dictionary: everything rejected.
+        let got = feed(&mut a, &mut p);
+        assert!(got.iter().all(|(_, d)| d.is_none()) && got.len() == 4);
+        // With it: pieces 0 and 1 answered, then the send-buffer bound rejects piece 2; piece 3
+        // does not exist.
+        a.info = Some(info.clone());
+        let got = feed(&mut a, &mut p);
+        assert!(got[0] == (0, Some(info[..16384].to_vec())));
+        assert!(got[1] == (1, Some(info[16384..32768].to_vec())));
+        assert!(got[2] == (2, None), "flood protection");
+        assert_eq!(got[3], (3, None), "out of range");
+        assert!(p.close.is_none());
     }
 }
