@@ -238,11 +238,9 @@ impl Fetch {
                 // ut_pex and anything else: not advertised, so not expected; ignored.
                 _ => {}
             },
-            Message::Request(r) => {
-                // We have nothing; BEP 6 wants an explicit reject, BEP 3 peers are ignored.
-                if p.fast {
-                    p.push(&Message::Reject(r));
-                }
+            // We have nothing; BEP 6 wants an explicit reject, BEP 3 peers are ignored.
+            Message::Request(r) if p.fast => {
+                p.push(&Message::Reject(r));
             }
             Message::Choke => p.peer_choking = true,
             Message::Unchoke => p.peer_choking = false,
