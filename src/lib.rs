@@ -5,8 +5,8 @@
 //! - 1 codecs: `bencode`, `metainfo`, `magnet`, `wire`, `ext` (BEP 9/10/11), `tracker` (HTTP),
 //!   `udp_tracker` (BEP 15), `dns`, `mse` (encryption handshake), `ctl` (control protocol) —
 //!   bytes in, values out.
-//! - 2 state machines: `picker`, `choker`, `announce`, `ratelimit`, `peer`, `torrent`, `dht` —
-//!   take `now` and bytes, give bytes and actions; never touch a socket, a file or the clock.
+//! - 2 state machines: `picker`, `choker`, `announce`, `ratelimit`, `peer`, `torrent`, `fetch`
+//!   (magnet metadata), `dht` — take `now` and bytes, give bytes and actions; never touch a socket, a file or the clock.
 //! - 3 I/O shell: `engine` (the only owner of mio and the clock; the daemon lives in
 //!   `engine::daemon`), `net` (socket setup), `storage` (the only module that touches torrent
 //!   data files), `state` (daemon state files), `logfile`, `sys` (every libc call that needs
@@ -25,6 +25,7 @@ pub mod dht;
 pub mod dns;
 pub mod engine;
 pub mod ext;
+pub mod fetch;
 pub mod hash;
 pub mod logfile;
 pub mod magnet;

@@ -9,6 +9,9 @@
 //!
 //! Buffers are allocated once when the connection pool is built and reused for every
 //! connection that occupies the slot, so memory does not grow with the number of peers seen.
+//!
+//! Also here: `Candidates`, the bounded list of peer addresses to dial, shared by a torrent
+//! (`torrent.rs`) and a magnet-link metadata fetch (`fetch.rs`).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -16,6 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::bitfield::Bitfield;
+use crate::ext::{self, ExtError, ExtHandshake};
 use crate::picker::BlockRef;
 use crate::time::Instant;
 use crate::wire::{BlockRequest, Message};
@@ -168,6 +172,26 @@ pub struct PeerConn {
     pub hash_failures: u32,
     pub close: Option<CloseReason>,
 
+    /// Whether the peer's BEP 10 extension handshake has arrived.
+    pub got_ext_handshake: bool,
+    /// Extended message ids the peer wants for ut_metadata and ut_pex (BEP 10: the receiver
+    /// chooses), `None` when it does not support them.
+    pub ext_ut_metadata: Option<u8>,
+    pub ext_ut_pex: Option<u8>,
+    /// BEP 9 `metadata_size` from the peer's handshake (already capped by `ext`).
+    pub ext_metadata_size: Option<u32>,
+    /// The peer's TCP listen port (`p`), which for incoming peers differs from `addr`'s port.
+    pub ext_listen_port: Option<u16>,
+    /// What we have told this peer over ut_pex (BEP 11); `Some` once it advertised ut_pex on a
+    /// public torrent.
+    pub pex: Option<ext::PexState>,
+    /// When the peer's last ut_pex message was accepted (more often is ignored, BEP 11).
+    pub pex_rx_at: Option<Instant>,
+    /// ut_metadata pieces we have answered with data on this connection.
+    pub metadata_served: u32,
+    /// Key of this connection within a metadata fetch (`fetch.rs`); unique per connection.
+    pub fetch_key: u64,
+
     /// The encryption handshake while `phase == Mse`.
     pub mse: Option<Box<crate::mse::Handshake>>,
     /// RC4 keystreams once MSE selected RC4: `rc4_in` decrypts what is read, `rc4_out`
@@ -219,6 +243,15 @@ impl PeerConn {
             unexpected_blocks: 0,
             hash_failures: 0,
             close: None,
+            got_ext_handshake: false,
+            ext_ut_metadata: None,
+            ext_ut_pex: None,
+            ext_metadata_size: None,
+            ext_listen_port: None,
+            pex: None,
+            pex_rx_at: None,
+            metadata_served: 0,
+            fetch_key: 0,
             mse: None,
             rc4_in: None,
             rc4_out: None,
@@ -352,6 +385,34 @@ impl PeerConn {
         self.rx_len -= n;
     }
 
+    /// Records the peer's BEP 10 extension handshake. A later handshake replaces the earlier
+    /// one's settings (BEP 10 allows re-sending it; an id of 0 switches an extension off).
+    pub fn on_ext_handshake(&mut self, payload: &[u8]) -> Result<ExtHandshake, ExtError> {
+        let h = ExtHandshake::parse(payload)?;
+        self.got_ext_handshake = true;
+        self.ext_ut_metadata = h.id_of(ext::UT_METADATA);
+        self.ext_ut_pex = h.id_of(ext::UT_PEX);
+        self.ext_metadata_size = h.metadata_size;
+        if h.p.is_some() {
+            self.ext_listen_port = h.p;
+        }
+        if let Some(q) = h.reqq {
+            self.peer_reqq = (q as usize).clamp(1, MAX_OUTSTANDING);
+        }
+        Ok(h)
+    }
+
+    /// The address other peers can dial this peer at: the connected address for outgoing
+    /// connections, the handshake's listen port for incoming ones (`None` if not known).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        if self.outgoing {
+            Some(self.addr)
+        } else {
+            self.ext_listen_port
+                .map(|port| SocketAddr::new(self.addr.ip(), port))
+        }
+    }
+
     pub fn client_name(&self) -> String {
         // Azureus-style ids: -XX1234-
         let id = &self.peer_id;
@@ -359,6 +420,163 @@ impl PeerConn {
             String::from_utf8_lossy(&id[1..7]).into_owned()
         } else {
             String::from("?")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Candidates
+
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub addr: SocketAddr,
+    pub connected: bool,
+    pub failures: u8,
+    pub next_attempt: Instant,
+    pub banned: bool,
+    /// The peer failed the encryption handshake: with `prefer`, dial it in plaintext.
+    pub plain_only: bool,
+}
+
+/// Peer addresses to dial (from trackers, `--peer`, magnet `x.pe`, PEX, incoming
+/// connections), with per-address backoff and bans. At most `max` entries (the caller's
+/// setting), so a hostile source cannot grow it.
+#[derive(Clone, Debug, Default)]
+pub struct Candidates {
+    list: Vec<Candidate>,
+}
+
+impl Candidates {
+    pub fn new() -> Candidates {
+        Candidates::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Candidate> {
+        self.list.iter()
+    }
+
+    pub fn contains(&self, addr: &SocketAddr) -> bool {
+        self.list.iter().any(|c| c.addr == *addr)
+    }
+
+    /// Adds `addr` unless known, port 0 or unspecified; when `max` entries are held a failed,
+    /// unconnected one makes room, otherwise the new one is dropped. True when added.
+    pub fn add(&mut self, addr: SocketAddr, now: Instant, max: usize) -> bool {
+        if addr.port() == 0 || addr.ip().is_unspecified() || self.contains(&addr) {
+            return false;
+        }
+        if self.list.len() >= max {
+            match self
+                .list
+                .iter()
+                .position(|c| !c.connected && c.failures > 0)
+            {
+                Some(i) => {
+                    self.list.swap_remove(i);
+                }
+                None => return false,
+            }
+        }
+        self.list.push(Candidate {
+            addr,
+            connected: false,
+            failures: 0,
+            next_attempt: now,
+            banned: false,
+            plain_only: false,
+        });
+        true
+    }
+
+    /// The next candidate to dial, marking it connected.
+    pub fn next(&mut self, now: Instant) -> Option<SocketAddr> {
+        let c = self
+            .list
+            .iter_mut()
+            .filter(|c| !c.connected && !c.banned && c.next_attempt <= now)
+            .min_by_key(|c| (c.failures, c.next_attempt))?;
+        c.connected = true;
+        Some(c.addr)
+    }
+
+    pub fn connected(&mut self, addr: SocketAddr) {
+        if let Some(c) = self.list.iter_mut().find(|c| c.addr == addr) {
+            c.connected = true;
+        }
+    }
+
+    /// A connection to `addr` ended; back off before dialling it again.
+    pub fn closed(&mut self, addr: SocketAddr, reason: &CloseReason, now: Instant) {
+        let Some(c) = self.list.iter_mut().find(|c| c.addr == addr) else {
+            return;
+        };
+        c.connected = false;
+        match reason {
+            CloseReason::SelfConnection | CloseReason::BadPiece => c.banned = true,
+            CloseReason::Shutdown | CloseReason::TorrentStopped | CloseReason::Duplicate => {}
+            _ => {
+                c.failures = c.failures.saturating_add(1);
+                let backoff = 5u64 << c.failures.min(6);
+                c.next_attempt = now + Duration::from_secs(backoff);
+            }
+        }
+    }
+
+    /// Retry `addr` at once without encryption (it refused or failed MSE).
+    pub fn mark_plain_only(&mut self, addr: SocketAddr, now: Instant) {
+        if let Some(c) = self.list.iter_mut().find(|c| c.addr == addr) {
+            if !c.plain_only {
+                c.plain_only = true;
+                c.next_attempt = now;
+            }
+        }
+    }
+
+    pub fn plain_only(&self, addr: &SocketAddr) -> bool {
+        self.list.iter().any(|c| c.addr == *addr && c.plain_only)
+    }
+
+    pub fn is_banned(&self, addr: &SocketAddr) -> bool {
+        self.list.iter().any(|c| c.addr == *addr && c.banned)
+    }
+
+    /// Counts a failure against `addr` (corrupt data it contributed to); returns its failure
+    /// count, `None` if it is not a candidate.
+    pub fn note_failure(&mut self, addr: &SocketAddr) -> Option<u8> {
+        let c = self.list.iter_mut().find(|c| c.addr == *addr)?;
+        c.failures = c.failures.saturating_add(1);
+        Some(c.failures)
+    }
+
+    /// Bans `addr` (adding it if unknown, so an incoming peer stays refused). True when it was
+    /// not banned before.
+    pub fn ban(&mut self, addr: SocketAddr, now: Instant, max: usize) -> bool {
+        if !self.contains(&addr) && !self.add(addr, now, max) {
+            return false;
+        }
+        match self.list.iter_mut().find(|c| c.addr == addr) {
+            Some(c) if !c.banned => {
+                c.banned = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Every candidate becomes dialable at once (connections were handed back, e.g. when a
+    /// metadata fetch turns into a torrent).
+    pub fn reset_connections(&mut self, now: Instant) {
+        for c in &mut self.list {
+            c.connected = false;
+            c.next_attempt = now;
         }
     }
 }
@@ -404,5 +622,59 @@ mod tests {
         assert_eq!(p.rx.len(), 128);
         assert_eq!(p.tx_len, 0);
         assert_eq!(p.phase, Phase::Connecting);
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn candidates_full_list_evicts_failed_and_bans_stick() {
+        let t0 = Instant::ZERO;
+        let mut c = Candidates::new();
+        assert!(c.add(sa("10.0.0.1:1"), t0, 2));
+        assert!(!c.add(sa("10.0.0.1:1"), t0, 2), "duplicate");
+        assert!(!c.add(sa("10.0.0.9:0"), t0, 2), "port 0");
+        assert!(!c.add(sa("0.0.0.0:5"), t0, 2), "unspecified");
+        assert!(c.add(sa("10.0.0.2:1"), t0, 2));
+        assert!(!c.add(sa("10.0.0.3:1"), t0, 2), "full, nothing failed");
+        let a = c.next(t0).unwrap();
+        c.closed(a, &CloseReason::Idle, t0);
+        assert_eq!(
+            c.next(t0),
+            Some(sa("10.0.0.2:1")),
+            "the failed one backs off"
+        );
+        assert!(c.add(sa("10.0.0.3:1"), t0, 2), "the failed one made room");
+        assert_eq!(c.len(), 2);
+        assert!(c.ban(sa("10.0.0.4:1"), t0, 3));
+        assert!(!c.ban(sa("10.0.0.4:1"), t0, 3));
+        assert!(c.is_banned(&sa("10.0.0.4:1")));
+        c.reset_connections(t0);
+        let mut both = [c.next(t0).unwrap(), c.next(t0).unwrap()];
+        both.sort();
+        assert_eq!(both, [sa("10.0.0.2:1"), sa("10.0.0.3:1")]);
+        assert_eq!(c.next(t0), None, "banned is never dialled");
+    }
+
+    #[test]
+    fn ext_handshake_sets_peer_fields() {
+        let mut p = PeerConn::with_buffers(0);
+        p.reset(sa("10.0.0.5:40000"), false, Instant::ZERO);
+        assert_eq!(p.listen_addr(), None);
+        let h = ExtHandshake {
+            m: vec![("ut_metadata".into(), 3), ("ut_pex".into(), 0)],
+            p: Some(6881),
+            reqq: Some(5000),
+            metadata_size: Some(1234),
+            ..ExtHandshake::default()
+        };
+        p.on_ext_handshake(&h.encode()).unwrap();
+        assert_eq!(p.ext_ut_metadata, Some(3));
+        assert_eq!(p.ext_ut_pex, None, "id 0 means disabled");
+        assert_eq!(p.ext_metadata_size, Some(1234));
+        assert_eq!(p.peer_reqq, MAX_OUTSTANDING);
+        assert_eq!(p.listen_addr(), Some(sa("10.0.0.5:6881")));
+        assert!(p.on_ext_handshake(b"i1e").is_err());
     }
 }

@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use log::{debug, info, warn};
 
-use crate::bencode;
 use crate::bitfield::Bitfield;
 use crate::choker::{Choker, PeerInfo};
+use crate::ext::{self, ExtHandshake, MetadataMsg, PexMessage};
 use crate::hash::Sha1;
 use crate::metainfo::Metainfo;
+pub use crate::peer::Candidate;
 use crate::peer::{
-    CloseReason, Outstanding, PeerConn, Phase, MAX_ALLOWED_FAST, MAX_INCOMING_REQUESTS,
+    Candidates, CloseReason, Outstanding, PeerConn, Phase, MAX_ALLOWED_FAST, MAX_INCOMING_REQUESTS,
     MAX_OUTSTANDING, SNUB_TIMEOUT,
 };
 use crate::picker::{BlockRef, Picker, PieceSet, Received};
@@ -43,10 +44,39 @@ pub const DEFAULT_MAX_CANDIDATES: usize = 500;
 /// Pieces whose data came from a peer that sent a corrupt piece; after this many the peer is
 /// dropped and not dialled again.
 pub const MAX_HASH_FAILURES: u32 = 3;
-/// Largest extended-protocol handshake we parse (BEP 10 payloads are a few hundred bytes).
-const MAX_EXT_HANDSHAKE: usize = 8192;
-/// Our extended handshake message id namespace: we advertise no extensions yet.
-const EXT_HANDSHAKE_ID: u8 = 0;
+/// Bytes already queued to a peer above which its ut_metadata requests are rejected instead
+/// of answered (BEP 9 allows rejecting for flood protection): two answers' worth, so a peer
+/// asking faster than it reads cannot make us buffer the whole info dictionary for it.
+pub const METADATA_SERVE_MAX_TX: usize = 2 * ext::METADATA_PIECE_LEN;
+/// Metadata pieces answered per connection beyond the dictionary's own count (twice over plus
+/// this slack); more requests are rejected, since an honest peer needs each piece once.
+pub const METADATA_SERVE_SLACK: u32 = 4;
+/// Incoming ut_pex messages closer together than this are ignored (BEP 11: at most one per
+/// minute; a little slack for timer jitter).
+pub const PEX_RX_MIN_INTERVAL: Duration = Duration::from_secs(45);
+/// Send-buffer room needed before a PEX message is composed: the largest one (100 IPv6
+/// contacts with flags plus 50 dropped, BEP 11 caps in `ext`) is under 3 KiB.
+const PEX_TX_RESERVE: usize = 4096;
+/// Client name and version sent in the extension handshake (`v`).
+const CLIENT_VERSION: &str = concat!("atorrent/", env!("CARGO_PKG_VERSION"));
+
+/// Our BEP 10 extension handshake: ut_metadata always (BEP 9; `metadata_size` when we hold the
+/// info dictionary), ut_pex unless `pex` is false (private torrents, BEP 27).
+pub fn our_ext_handshake(metadata_size: Option<u32>, pex: bool, listen_port: u16) -> Vec<u8> {
+    let mut m = vec![(ext::UT_METADATA.to_string(), ext::OUR_UT_METADATA_ID)];
+    if pex {
+        m.push((ext::UT_PEX.to_string(), ext::OUR_UT_PEX_ID));
+    }
+    ExtHandshake {
+        m,
+        p: Some(listen_port).filter(|&p| p != 0),
+        v: Some(CLIENT_VERSION.to_string()),
+        reqq: Some(MAX_INCOMING_REQUESTS as u32),
+        metadata_size: metadata_size.filter(|&n| n > 0 && n <= ext::MAX_METADATA_SIZE),
+        ..ExtHandshake::default()
+    }
+    .encode()
+}
 
 /// Memory shared by every torrent of an engine: the chunk pool for piece assembly and one
 /// scratch chunk for reading data back (hash checks). Allocated once at start.
@@ -142,17 +172,6 @@ impl State {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct Candidate {
-    pub addr: SocketAddr,
-    pub connected: bool,
-    pub failures: u8,
-    pub next_attempt: Instant,
-    pub banned: bool,
-    /// The peer failed the encryption handshake: with `prefer`, dial it in plaintext.
-    pub plain_only: bool,
-}
-
 /// Things the engine must act on, drained with `poll_event`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -173,7 +192,10 @@ pub struct Torrent {
     pub have: Bitfield,
     pub state: State,
     pub peer_id: [u8; 20],
-    pub candidates: Vec<Candidate>,
+    pub candidates: Candidates,
+    /// The raw bencoded info dictionary, served to peers over ut_metadata (BEP 9). Set by the
+    /// engine from the .torrent file or a finished magnet fetch; `None` rejects requests.
+    pub info: Option<Vec<u8>>,
     pub downloaded: u64,
     pub uploaded: u64,
     pub wasted: u64,
@@ -240,7 +262,8 @@ impl Torrent {
             have,
             state,
             peer_id,
-            candidates: Vec::new(),
+            candidates: Candidates::new(),
+            info: None,
             downloaded: 0,
             uploaded: 0,
             wasted: 0,
@@ -351,88 +374,37 @@ impl Torrent {
 
     // ----- candidates -----
 
-    /// Adds a peer address learned from a tracker, `--peer` or an incoming connection.
-    pub fn add_candidate(&mut self, addr: SocketAddr, now: Instant) {
-        if addr.port() == 0 || self.candidates.iter().any(|c| c.addr == addr) {
-            return;
-        }
-        if self.candidates.len() >= self.settings.max_candidates {
-            // Forget a failed, unconnected candidate to make room; otherwise drop the new one.
-            match self
-                .candidates
-                .iter()
-                .position(|c| !c.connected && c.failures > 0)
-            {
-                Some(i) => {
-                    self.candidates.swap_remove(i);
-                }
-                None => return,
-            }
-        }
-        self.candidates.push(Candidate {
-            addr,
-            connected: false,
-            failures: 0,
-            next_attempt: now,
-            banned: false,
-            plain_only: false,
-        });
+    /// Adds a peer address learned from a tracker, `--peer`, PEX or an incoming connection.
+    /// True when it is new.
+    pub fn add_candidate(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        self.candidates.add(addr, now, self.settings.max_candidates)
     }
 
     /// The next candidate to dial, marking it connected.
     pub fn next_candidate(&mut self, now: Instant) -> Option<SocketAddr> {
-        let c = self
-            .candidates
-            .iter_mut()
-            .filter(|c| !c.connected && !c.banned && c.next_attempt <= now)
-            .min_by_key(|c| (c.failures, c.next_attempt))?;
-        c.connected = true;
-        Some(c.addr)
+        self.candidates.next(now)
     }
 
     pub fn candidate_connected(&mut self, addr: SocketAddr) {
-        if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == addr) {
-            c.connected = true;
-        }
+        self.candidates.connected(addr)
     }
 
     /// A connection to `addr` ended; back off before dialling it again.
     pub fn candidate_closed(&mut self, addr: SocketAddr, reason: &CloseReason, now: Instant) {
-        let Some(c) = self.candidates.iter_mut().find(|c| c.addr == addr) else {
-            return;
-        };
-        c.connected = false;
-        match reason {
-            CloseReason::SelfConnection | CloseReason::BadPiece => c.banned = true,
-            CloseReason::Shutdown | CloseReason::TorrentStopped | CloseReason::Duplicate => {}
-            _ => {
-                c.failures = c.failures.saturating_add(1);
-                let backoff = 5u64 << c.failures.min(6);
-                c.next_attempt = now + Duration::from_secs(backoff);
-            }
-        }
+        self.candidates.closed(addr, reason, now)
     }
 
     /// Retry `addr` at once without encryption (it refused or failed MSE).
     pub fn mark_plain_only(&mut self, addr: SocketAddr, now: Instant) {
-        if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == addr) {
-            if !c.plain_only {
-                c.plain_only = true;
-                c.next_attempt = now;
-            }
-        }
+        self.candidates.mark_plain_only(addr, now)
     }
 
     pub fn candidate_plain_only(&self, addr: &SocketAddr) -> bool {
-        self.candidates
-            .iter()
-            .any(|c| c.addr == *addr && c.plain_only)
+        self.candidates.plain_only(addr)
     }
 
     pub fn is_banned(&self, addr: &SocketAddr) -> bool {
-        self.candidates
-            .iter()
-            .any(|c| c.addr.ip() == addr.ip() && c.banned && c.addr == *addr)
+        self.candidates.is_banned(addr)
     }
 
     // ----- connection lifecycle -----
@@ -461,20 +433,10 @@ impl Torrent {
             }
         }
         if p.extended {
-            let mut payload = Vec::with_capacity(96);
-            payload.push(b'd');
-            bencode::put_bytes(&mut payload, b"m");
-            payload.extend_from_slice(b"de");
-            bencode::put_kv_int(&mut payload, "p", self.settings.listen_port as i64);
-            bencode::put_kv_int(&mut payload, "reqq", MAX_INCOMING_REQUESTS as i64);
-            bencode::put_kv_bytes(
-                &mut payload,
-                "v",
-                concat!("atorrent/", env!("CARGO_PKG_VERSION")).as_bytes(),
-            );
-            payload.push(b'e');
+            let size = self.info.as_ref().and_then(|i| u32::try_from(i.len()).ok());
+            let payload = our_ext_handshake(size, !self.meta.private, self.settings.listen_port);
             p.push(&Message::Extended {
-                id: EXT_HANDSHAKE_ID,
+                id: wire::EXTENDED_HANDSHAKE_ID,
                 payload: &payload,
             });
         }
@@ -664,17 +626,86 @@ impl Torrent {
                 }
             }
             Message::Port(_) => {}
-            Message::Extended { id, payload } => {
-                if id == EXT_HANDSHAKE_ID && payload.len() <= MAX_EXT_HANDSHAKE {
-                    if let Ok(v) = bencode::decode(payload) {
-                        if let Some(q) = v.get(b"reqq").and_then(|q| q.as_int()) {
-                            p.peer_reqq = q.clamp(1, MAX_OUTSTANDING as i64) as usize;
-                        }
-                    }
-                }
-            }
+            Message::Extended { id, payload } => self.on_extended(p, id, payload, now),
             Message::Unknown { .. } => {}
         }
+    }
+
+    /// BEP 10 extended messages: the peer's handshake, ut_metadata (BEP 9) and ut_pex (BEP 11).
+    /// Ids are the ones we advertised in `our_ext_handshake`.
+    fn on_extended(&mut self, p: &mut PeerConn, id: u8, payload: &[u8], now: Instant) {
+        match id {
+            wire::EXTENDED_HANDSHAKE_ID => match p.on_ext_handshake(payload) {
+                Ok(_) => {
+                    // BEP 27: no PEX at all on private torrents.
+                    if self.meta.private || p.ext_ut_pex.is_none() {
+                        p.pex = None;
+                    } else if p.pex.is_none() {
+                        p.pex = Some(ext::PexState::new());
+                    }
+                }
+                // Extensions are optional: a peer with a broken handshake just gets none.
+                Err(e) => debug!("peer {}: extension handshake ignored: {e}", p.addr),
+            },
+            ext::OUR_UT_METADATA_ID => match ext::parse_metadata_msg(payload) {
+                Ok(MetadataMsg::Request { piece }) => self.serve_metadata(p, piece),
+                // We never ask a torrent's peers for metadata; unsolicited answers are dropped.
+                Ok(_) => {}
+                Err(e) => p.close(CloseReason::Protocol(e.to_string())),
+            },
+            ext::OUR_UT_PEX_ID => {
+                if self.meta.private {
+                    return;
+                }
+                if p.pex_rx_at
+                    .is_some_and(|t| now.since(t) < PEX_RX_MIN_INTERVAL)
+                {
+                    return;
+                }
+                match PexMessage::parse(payload) {
+                    Ok(m) => {
+                        p.pex_rx_at = Some(now);
+                        // Contacts are only candidates (BEP 11): dialled like any other,
+                        // capped by `max_candidates`; `parse` already capped and filtered them.
+                        for (addr, _) in m.added {
+                            self.add_candidate(addr, now);
+                        }
+                    }
+                    Err(e) => p.close(CloseReason::Protocol(e.to_string())),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers a ut_metadata request with the piece, or rejects it when we hold no info
+    /// dictionary, the piece is out of range, or the peer already has plenty queued.
+    fn serve_metadata(&mut self, p: &mut PeerConn, piece: u32) {
+        let Some(reply_id) = p.ext_ut_metadata else {
+            // It never told us an id to answer with (BEP 10): nothing we can send.
+            return;
+        };
+        let data = self.info.as_deref().and_then(|info| {
+            let budget = ext::metadata_piece_count(info.len() as u32)
+                .saturating_mul(2)
+                .saturating_add(METADATA_SERVE_SLACK);
+            if p.tx_pending().len() >= METADATA_SERVE_MAX_TX || p.metadata_served >= budget {
+                return None;
+            }
+            let d = ext::metadata_piece(info, piece)?;
+            Some(ext::encode_metadata_data(piece, info.len() as u32, d))
+        });
+        let payload = match data {
+            Some(d) => {
+                p.metadata_served = p.metadata_served.saturating_add(1);
+                d
+            }
+            None => ext::encode_metadata_reject(piece),
+        };
+        p.push(&Message::Extended {
+            id: reply_id,
+            payload: &payload,
+        });
     }
 
     fn block_of(&self, r: BlockRequest) -> Option<BlockRef> {
@@ -930,13 +961,12 @@ impl Torrent {
             self.wasted += plen;
             self.downloaded = self.downloaded.saturating_sub(plen);
             self.picker.piece_failed(piece);
+            let max = self.settings.max_candidates;
             for a in &part.contributors {
-                if let Some(c) = self.candidates.iter_mut().find(|c| c.addr == *a) {
-                    c.failures = c.failures.saturating_add(1);
-                    if (part.contributors.len() == 1 || c.failures as u32 >= MAX_HASH_FAILURES)
-                        && !c.banned
+                if let Some(failures) = self.candidates.note_failure(a) {
+                    if (part.contributors.len() == 1 || u32::from(failures) >= MAX_HASH_FAILURES)
+                        && self.candidates.ban(*a, Instant::ZERO, max)
                     {
-                        c.banned = true;
                         self.banned.push(*a);
                     }
                 }
@@ -952,7 +982,7 @@ impl Torrent {
 
     /// Whether the peer at `addr` has been banned for corrupt data; the engine closes it.
     pub fn should_drop(&self, addr: &SocketAddr) -> bool {
-        self.candidates.iter().any(|c| c.addr == *addr && c.banned)
+        self.candidates.is_banned(addr)
     }
 
     // ----- output -----
@@ -966,6 +996,62 @@ impl Torrent {
             } else {
                 &Message::NotInterested
             });
+        }
+    }
+
+    /// BEP 11: tells each peer that supports ut_pex which other peers we are connected to
+    /// (by listen address), at most once a minute per peer (`PexState` keeps the pace).
+    fn send_pex(now: Instant, list: &mut [&mut PeerConn]) {
+        if !list
+            .iter()
+            .any(|p| p.pex.as_ref().is_some_and(|s| now >= s.poll_at()))
+        {
+            return;
+        }
+        let contacts: Vec<(usize, SocketAddr, u8)> = list
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.close.is_none())
+            .filter_map(|(i, p)| {
+                let mut flags = 0;
+                if p.seed {
+                    flags |= ext::PEX_FLAG_SEED;
+                }
+                if p.outgoing {
+                    flags |= ext::PEX_FLAG_REACHABLE;
+                }
+                if p.encrypted {
+                    flags |= ext::PEX_FLAG_ENCRYPTION;
+                }
+                Some((i, p.listen_addr()?, flags))
+            })
+            .collect();
+        let mut current = Vec::with_capacity(contacts.len());
+        for (i, p) in list.iter_mut().enumerate() {
+            // Only poll with room for the largest message: once polled, its contacts count
+            // as told.
+            if p.close.is_some() || p.tx_space() < PEX_TX_RESERVE {
+                continue;
+            }
+            let (Some(state), Some(id)) = (p.pex.as_mut(), p.ext_ut_pex) else {
+                continue;
+            };
+            if now < state.poll_at() {
+                continue;
+            }
+            current.clear();
+            current.extend(
+                contacts
+                    .iter()
+                    .filter(|(j, _, _)| *j != i)
+                    .map(|&(_, a, f)| (a, f)),
+            );
+            if let Some(m) = state.poll(now, &current) {
+                p.push(&Message::Extended {
+                    id,
+                    payload: &m.encode(),
+                });
+            }
         }
     }
 
@@ -1133,6 +1219,9 @@ impl Torrent {
                 p.close(CloseReason::NotInteresting);
             }
         }
+        if !self.meta.private {
+            Self::send_pex(now, &mut list);
+        }
         if now >= self.choker.poll_at() {
             self.info_buf.clear();
             for p in list.iter() {
@@ -1180,6 +1269,7 @@ mod tests {
     use super::*;
     use crate::metainfo::FileEntry;
     use crate::storage::MemStore;
+    use crate::wire;
 
     fn meta_for(data: &[u8], piece_length: u32) -> Metainfo {
         let mut pieces = Vec::new();
@@ -1385,5 +1475,270 @@ mod tests {
         p.rx_len = n;
         seed.handle_rx(&mut p, Instant::ZERO, &mut Buffers::new(1));
         assert!(matches!(p.close, Some(CloseReason::Protocol(_))));
+    }
+
+    // ----- extension protocol (BEP 10/9/11) -----
+
+    fn torrent(data: &[u8], private: bool, full: bool, port: u16, seed: u64) -> Torrent {
+        let mut meta = meta_for(data, 16384);
+        meta.private = private;
+        let n = meta.piece_count();
+        Torrent::new(
+            meta,
+            if full {
+                Bitfield::full(n)
+            } else {
+                Bitfield::new(n)
+            },
+            Box::new(MemStore::from_bytes(data.to_vec())),
+            1,
+            [seed as u8; 20],
+            Settings {
+                upload_slots: 4,
+                max_candidates: 50,
+                listen_port: port,
+            },
+            Rng::new(seed),
+        )
+        .unwrap()
+    }
+
+    /// Connects `dialler` to `listener` at `listen`; the listener sees the dialler from
+    /// `from` (an ephemeral port). Returns (dialler's conn, listener's conn).
+    fn connect(
+        dialler: &mut Torrent,
+        listener: &mut Torrent,
+        listen: SocketAddr,
+        from: SocketAddr,
+        buf: usize,
+    ) -> (PeerConn, PeerConn) {
+        let now = Instant::ZERO;
+        let mut d = PeerConn::with_buffers(buf);
+        let mut l = PeerConn::with_buffers(buf);
+        d.reset(listen, true, now);
+        l.reset(from, false, now);
+        for p in [&mut d, &mut l] {
+            p.fast = true;
+            p.extended = true;
+        }
+        dialler.on_established(&mut d, now);
+        listener.on_established(&mut l, now);
+        (d, l)
+    }
+
+    /// Delivers both directions of a link once.
+    fn exchange(
+        a: &mut Torrent,
+        pa: &mut PeerConn,
+        b: &mut Torrent,
+        pb: &mut PeerConn,
+        now: Instant,
+    ) {
+        let mut bufs = Buffers::new(1);
+        pipe(pa, pb);
+        b.handle_rx(pb, now, &mut bufs);
+        pipe(pb, pa);
+        a.handle_rx(pa, now, &mut bufs);
+    }
+
+    /// Extended messages queued in `p.tx`, as (id, payload).
+    fn extended_sent(p: &PeerConn) -> Vec<(u8, Vec<u8>)> {
+        let tx = p.tx_pending();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Ok(Some((m, n))) = wire::decode(&tx[at..], 1 << 20) {
+            if let Message::Extended { id, payload } = m {
+                out.push((id, payload.to_vec()));
+            }
+            at += n;
+        }
+        out
+    }
+
+    fn handshake_of(p: &PeerConn) -> ExtHandshake {
+        let (_, h) = extended_sent(p)
+            .into_iter()
+            .find(|(id, _)| *id == 0)
+            .expect("extension handshake sent");
+        ExtHandshake::parse(&h).unwrap()
+    }
+
+    #[test]
+    fn established_sends_ext_handshake_with_metadata_size_and_pex() {
+        let data = test_data(50_000);
+        let mut a = torrent(&data, false, true, 6881, 1);
+        a.info = Some(vec![b'x'; 20_000]);
+        let mut p = PeerConn::with_buffers(8192);
+        p.reset(addr(9), false, Instant::ZERO);
+        p.extended = true;
+        a.on_established(&mut p, Instant::ZERO);
+        let h = handshake_of(&p);
+        assert_eq!(h.id_of(ext::UT_METADATA), Some(ext::OUR_UT_METADATA_ID));
+        assert_eq!(h.id_of(ext::UT_PEX), Some(ext::OUR_UT_PEX_ID));
+        assert_eq!(h.metadata_size, Some(20_000));
+        assert_eq!(h.p, Some(6881));
+        assert_eq!(h.reqq, Some(MAX_INCOMING_REQUESTS as u32));
+        assert!(h.v.unwrap().starts_with("atorrent/"));
+    }
+
+    #[test]
+    fn pex_peer_learns_third_peer_within_a_minute() {
+        let data = test_data(50_000);
+        let (a_addr, c_addr) = (addr(1), addr(3));
+        let mut a = torrent(&data, false, true, 6881, 1);
+        let mut b = torrent(&data, false, false, 6881, 2);
+        let mut c = torrent(&data, false, false, 6881, 3);
+        // B dials A and C; A and C see B from ephemeral ports.
+        let b_from = SocketAddr::from(([127, 0, 0, 2], 50001));
+        let (mut ba, mut ab) = connect(&mut b, &mut a, a_addr, b_from, 40 * 1024);
+        let (mut bc, mut cb) = connect(&mut b, &mut c, c_addr, b_from, 40 * 1024);
+        let mut now = Instant::ZERO;
+        exchange(&mut b, &mut ba, &mut a, &mut ab, now);
+        exchange(&mut b, &mut bc, &mut c, &mut cb, now);
+        assert!(
+            ba.pex.is_some() && ab.pex.is_some(),
+            "both sides advertised ut_pex"
+        );
+        assert_eq!(ab.listen_addr(), Some(addr(2)), "p port from B's handshake");
+        assert!(!a.candidates.contains(&c_addr));
+        let mut learned = None;
+        for s in 1..=60 {
+            now = Instant::from_secs(s);
+            let one = Duration::from_secs(1);
+            b.tick(now, one, [&mut ba, &mut bc].into_iter());
+            a.tick(now, one, std::iter::once(&mut ab));
+            c.tick(now, one, std::iter::once(&mut cb));
+            exchange(&mut b, &mut ba, &mut a, &mut ab, now);
+            exchange(&mut b, &mut bc, &mut c, &mut cb, now);
+            if a.candidates.contains(&c_addr) {
+                learned = Some(s);
+                break;
+            }
+        }
+        assert!(learned.is_some(), "A never heard of C");
+        assert!(c.candidates.contains(&a_addr), "C heard of A too");
+        assert!(
+            !a.candidates.contains(&addr(2)),
+            "B is not told about itself"
+        );
+        assert_eq!(a.next_candidate(now), Some(c_addr));
+    }
+
+    #[test]
+    fn private_torrent_no_pex_advertised_sent_or_accepted() {
+        let data = test_data(50_000);
+        let mut a = torrent(&data, true, true, 6881, 1);
+        let mut b = torrent(&data, true, false, 6881, 2);
+        let mut c = torrent(&data, true, false, 6881, 3);
+        let from = SocketAddr::from(([127, 0, 0, 2], 50001));
+        let (mut ba, mut ab) = connect(&mut b, &mut a, addr(1), from, 40 * 1024);
+        let (mut bc, mut cb) = connect(&mut b, &mut c, addr(3), from, 40 * 1024);
+        let h = handshake_of(&ba);
+        assert_eq!(h.id_of(ext::UT_PEX), None, "BEP 27: no ut_pex");
+        assert_eq!(h.id_of(ext::UT_METADATA), Some(ext::OUR_UT_METADATA_ID));
+        let now = Instant::ZERO;
+        exchange(&mut b, &mut ba, &mut a, &mut ab, now);
+        exchange(&mut b, &mut bc, &mut c, &mut cb, now);
+        // A peer that pretends to support ut_pex still gets no state and no messages.
+        let fake = ExtHandshake {
+            m: vec![(ext::UT_PEX.into(), 7)],
+            ..ExtHandshake::default()
+        };
+        let mut bufs = Buffers::new(1);
+        let push_rx = |p: &mut PeerConn, id: u8, payload: &[u8]| {
+            let m = Message::Extended { id, payload };
+            let n = m.encode(&mut p.rx[p.rx_len..]).unwrap();
+            p.rx_len += n;
+        };
+        push_rx(&mut ba, 0, &fake.encode());
+        let pex = PexMessage {
+            added: vec![(addr(77), 0)],
+            dropped: vec![],
+        };
+        push_rx(&mut ba, ext::OUR_UT_PEX_ID, &pex.encode());
+        b.handle_rx(&mut ba, now, &mut bufs);
+        assert!(ba.close.is_none());
+        assert!(ba.pex.is_none());
+        assert!(!b.candidates.contains(&addr(77)), "incoming ut_pex ignored");
+        for s in 1..=120 {
+            b.tick(
+                Instant::from_secs(s),
+                Duration::from_secs(1),
+                [&mut ba, &mut bc].into_iter(),
+            );
+        }
+        for p in [&ba, &bc] {
+            assert!(
+                extended_sent(p).is_empty(),
+                "no PEX sent on a private torrent"
+            );
+        }
+        // The same message on a public torrent is taken.
+        let mut d = torrent(&data, false, false, 6881, 4);
+        let mut p = PeerConn::with_buffers(8192);
+        p.reset(addr(5), true, now);
+        d.on_established(&mut p, now);
+        push_rx(&mut p, ext::OUR_UT_PEX_ID, &pex.encode());
+        d.handle_rx(&mut p, now, &mut bufs);
+        assert!(d.candidates.contains(&addr(77)));
+    }
+
+    #[test]
+    fn metadata_requests_served_rejected_and_bounded() {
+        let data = test_data(50_000);
+        let info: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let mut a = torrent(&data, false, true, 6881, 1);
+        let mut p = PeerConn::with_buffers(128 * 1024);
+        p.reset(addr(2), false, Instant::ZERO);
+        p.extended = true;
+        a.on_established(&mut p, Instant::ZERO);
+        p.tx_consumed(p.tx_pending().len());
+        let hs = ExtHandshake {
+            m: vec![(ext::UT_METADATA.into(), 9)],
+            ..ExtHandshake::default()
+        };
+        let mut rx = Vec::new();
+        let mut put = |id: u8, payload: &[u8]| {
+            let mut b = vec![0u8; payload.len() + 6];
+            let n = Message::Extended { id, payload }.encode(&mut b).unwrap();
+            rx.extend_from_slice(&b[..n]);
+        };
+        put(0, &hs.encode());
+        for piece in [0, 1, 2, 3] {
+            put(
+                ext::OUR_UT_METADATA_ID,
+                &ext::encode_metadata_request(piece),
+            );
+        }
+        let feed = |a: &mut Torrent, p: &mut PeerConn| {
+            p.rx[..rx.len()].copy_from_slice(&rx);
+            p.rx_len = rx.len();
+            a.handle_rx(p, Instant::ZERO, &mut Buffers::new(1));
+            let got: Vec<_> = extended_sent(p)
+                .into_iter()
+                .map(|(id, m)| {
+                    assert_eq!(id, 9, "answers use the peer's id");
+                    match ext::parse_metadata_msg(&m).unwrap() {
+                        MetadataMsg::Data { piece, data, .. } => (piece, Some(data.to_vec())),
+                        MetadataMsg::Reject { piece } => (piece, None),
+                        other => panic!("{other:?}"),
+                    }
+                })
+                .collect();
+            p.tx_consumed(p.tx_pending().len());
+            got
+        };
+        // No info dictionary: everything rejected.
+        let got = feed(&mut a, &mut p);
+        assert!(got.iter().all(|(_, d)| d.is_none()) && got.len() == 4);
+        // With it: pieces 0 and 1 answered, then the send-buffer bound rejects piece 2; piece 3
+        // does not exist.
+        a.info = Some(info.clone());
+        let got = feed(&mut a, &mut p);
+        assert!(got[0] == (0, Some(info[..16384].to_vec())));
+        assert!(got[1] == (1, Some(info[16384..32768].to_vec())));
+        assert!(got[2] == (2, None), "flood protection");
+        assert_eq!(got[3], (3, None), "out of range");
+        assert!(p.close.is_none());
     }
 }
