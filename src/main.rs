@@ -213,6 +213,11 @@ fn client(cmd: &Command, config: &Config, json: bool) -> ExitCode {
 }
 
 fn load_torrent(path: &Path) -> Result<Metainfo, String> {
+    load_torrent_with_info(path).map(|(m, _)| m)
+}
+
+/// The metainfo and the raw info dictionary (served to peers fetching metadata).
+fn load_torrent_with_info(path: &Path) -> Result<(Metainfo, Option<Vec<u8>>), String> {
     use std::io::Read;
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut buf = Vec::new();
@@ -230,7 +235,11 @@ fn load_torrent(path: &Path) -> Result<Metainfo, String> {
     for w in &parsed.warnings {
         log::warn!("torrent {}: {}", path.display(), w);
     }
-    Ok(parsed.meta)
+    let info = atorrent::bencode::raw_dict_value(&buf, b"info")
+        .ok()
+        .flatten()
+        .map(<[u8]>::to_vec);
+    Ok((parsed.meta, info))
 }
 
 fn info(path: &Path, json: bool) -> Result<ExitCode, String> {
@@ -329,13 +338,9 @@ fn resolve_peer(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, String> {
-    let meta = match &a.source {
-        Source::File(p) => load_torrent(p)?,
-        Source::Magnet(_) => {
-            return Err(
-                "magnet links need metadata exchange, which is not part of this build yet".into(),
-            )
-        }
+    let (meta, info) = match &a.source {
+        Source::File(p) => load_torrent_with_info(p)?,
+        Source::Magnet(uri) => return download_magnet(a, config, quiet, uri),
     };
     let peers: Vec<SocketAddr> = a
         .peers
@@ -391,7 +396,7 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
         listen_port: engine.listen_port(),
     };
 
-    let torrent = Torrent::new(
+    let mut torrent = Torrent::new(
         meta,
         have,
         Box::new(storage),
@@ -400,6 +405,7 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
         settings,
         Rng::new(u64::from_le_bytes(seed)),
     )?;
+    torrent.info = info;
     let ti = engine.add_torrent(torrent);
     for p in peers {
         engine.add_peer(ti, p);
@@ -407,6 +413,44 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
     match engine.run() {
         Outcome::Complete => Ok(ExitCode::SUCCESS),
         // A seeder is meant to be stopped by a signal; a download stopped early is not done.
+        Outcome::Interrupted if a.seed || engine.all_complete() => Ok(ExitCode::SUCCESS),
+        Outcome::Interrupted => Err("interrupted before the download completed".into()),
+        Outcome::Failed(e) => Err(e),
+    }
+}
+
+/// `download <magnet>`: fetch the metadata from peers (trackers, `x.pe`, `--peer`, DHT), then
+/// download as for a .torrent file.
+fn download_magnet(
+    a: &DownloadArgs,
+    config: &Config,
+    quiet: bool,
+    uri: &str,
+) -> Result<ExitCode, String> {
+    let mut m = atorrent::magnet::parse(uri).map_err(|e| e.to_string())?;
+    m.trackers.extend(a.trackers.iter().cloned());
+    let peers: Vec<SocketAddr> = a
+        .peers
+        .iter()
+        .map(|p| resolve_peer(p))
+        .collect::<Result<_, _>>()?;
+    let dir = &config.download_dir;
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let progress = if quiet {
+        Progress::Quiet
+    } else if std::io::stdout().is_terminal() {
+        Progress::Tty
+    } else {
+        Progress::Lines
+    };
+    let mut engine =
+        Engine::new(engine_options(config, a.seed, progress)).map_err(|e| e.to_string())?;
+    let ti = engine.add_magnet(&m, dir.clone(), 1)?;
+    for p in peers {
+        engine.add_peer(ti, p);
+    }
+    match engine.run() {
+        Outcome::Complete => Ok(ExitCode::SUCCESS),
         Outcome::Interrupted if a.seed || engine.all_complete() => Ok(ExitCode::SUCCESS),
         Outcome::Interrupted => Err("interrupted before the download completed".into()),
         Outcome::Failed(e) => Err(e),
@@ -442,6 +486,14 @@ fn engine_options(config: &Config, seed: bool, progress: Progress) -> Options {
         },
         dht_max_nodes: config.dht_max_nodes as usize,
         dht_state: None,
+        direct_io: match config.direct_io {
+            DirectIoMode::Auto => DirectIo::Auto,
+            DirectIoMode::On => DirectIo::On,
+            DirectIoMode::Off => DirectIo::Off,
+        },
+        max_open_files: config.max_open_files as usize,
+        upload_slots: config.upload_slots as usize,
+        max_known_peers: config.max_known_peers as usize,
     }
 }
 

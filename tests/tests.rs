@@ -15,5 +15,6 @@ mod encryption;
 mod hostile;
 mod interop;
 mod limits;
+mod magnet;
 mod packaging;
 mod trackerless;

@@ -193,16 +193,16 @@ impl Engine {
         let saved = d.state.load_all();
         let mut entries = Vec::new();
         for (bytes, resume, path) in saved {
-            match metainfo::parse(&bytes) {
-                Ok(p) => entries.push((p.meta, resume.ok(), path)),
+            match parse_torrent_bytes(&bytes) {
+                Ok((meta, info)) => entries.push(((meta, info), resume.ok(), path)),
                 Err(e) => warn!("daemon: {}: {e}; ignored", path.display()),
             }
         }
         entries.sort_by_key(|(_, r, _)| r.as_ref().map_or(u32::MAX, |r| r.id));
-        for (meta, resume, path) in entries {
+        for ((meta, info), resume, path) in entries {
             let resume =
                 resume.filter(|r| r.info_hash == meta.info_hash && r.pieces == meta.piece_count());
-            if let Err(e) = self.add_meta(meta, None, false, resume) {
+            if let Err(e) = self.add_meta((meta, info), None, false, resume) {
                 warn!("daemon: {}: {e}", path.display());
             }
         }
@@ -211,7 +211,7 @@ impl Engine {
     /// Adds a torrent (from `start`, the watch directory or the state directory).
     fn add_meta(
         &mut self,
-        meta: metainfo::Metainfo,
+        (meta, info): (metainfo::Metainfo, Option<Vec<u8>>),
         dir: Option<PathBuf>,
         paused: bool,
         resume: Option<Resume>,
@@ -267,6 +267,7 @@ impl Engine {
         )?;
         let i = self.push_entry(t, id, dir);
         let e = &mut self.torrents[i];
+        e.t.info = info;
         if let Some(r) = &resume {
             e.added_at = r.added_at;
             e.completed_at = r.completed_at;
@@ -291,6 +292,53 @@ impl Engine {
         }
         self.schedule();
         Ok(id)
+    }
+
+    fn start_magnet(
+        &mut self,
+        m: &crate::magnet::Magnet,
+        dir: Option<PathBuf>,
+        paused: bool,
+    ) -> Result<u32, String> {
+        let d = self.daemon.as_ref().ok_or("not a daemon")?;
+        if let Some(e) = self
+            .torrents
+            .iter()
+            .find(|e| e.t.meta.info_hash == m.info_hash)
+        {
+            return Err(format!("torrent already added as ID {}", e.id));
+        }
+        let dir = dir.unwrap_or_else(|| d.config.download_dir.clone());
+        let id = d.next_id;
+        let i = self.add_magnet(m, dir, id)?;
+        if let Some(d) = self.daemon.as_mut() {
+            d.next_id = id + 1;
+            d.stats.added += 1;
+        }
+        let e = &mut self.torrents[i];
+        e.paused = paused;
+        e.t.state = if paused {
+            State::Stopped
+        } else {
+            State::Queued
+        };
+        self.schedule();
+        Ok(id)
+    }
+
+    /// Keeps the fetched metainfo of a magnet so a restart does not fetch it again.
+    pub(super) fn save_fetched_torrent(&mut self, i: usize) {
+        let Some(d) = self.daemon.as_mut() else {
+            return;
+        };
+        let e = &self.torrents[i];
+        let Some(info) = e.t.info.as_ref() else {
+            return;
+        };
+        let bytes = torrent_file_bytes(info, &e.t.meta.trackers);
+        if let Err(err) = d.state.save_torrent(&e.t.meta.info_hash, &bytes) {
+            warn!("daemon: saving torrent {}: {err}", e.id);
+        }
     }
 
     // ----- lifecycle -----
@@ -318,10 +366,14 @@ impl Engine {
                 );
                 e.t.state = if e.paused {
                     State::Stopped
-                } else {
+                } else if self.daemon.is_some() {
                     State::Queued
+                } else if e.t.is_complete() {
+                    State::Seeding
+                } else {
+                    State::Downloading
                 };
-                e.finished_reported = e.t.is_complete();
+                e.finished_reported = e.t.is_complete() && self.daemon.is_some();
                 e.dirty = true;
                 self.schedule();
             }
@@ -795,7 +847,14 @@ impl Engine {
             } => {
                 if source.starts_with("magnet:") {
                     return match crate::magnet::parse(&source) {
-                        Ok(_) => err(1, "magnet links are accepted but metadata fetching is not part of this build yet".into()),
+                        Ok(m) => match self.start_magnet(&m, dir.map(PathBuf::from), paused) {
+                            Ok(id) => ok(if json {
+                                format!("{{\"id\":{id}}}\n")
+                            } else {
+                                format!("{id}\n")
+                            }),
+                            Err(e) => err(1, e),
+                        },
                         Err(e) => err(1, e.to_string()),
                     };
                 }
@@ -1013,7 +1072,13 @@ impl Engine {
                 State::Error(s) => Some(s.clone()),
                 _ => None,
             },
-            note: e.note.clone(),
+            note: match &e.fetch {
+                Some(f) => {
+                    let (have, total) = f.progress();
+                    Some(format!("fetching metadata: {have} of {total} pieces"))
+                }
+                None => e.note.clone(),
+            },
             trackers,
         }
     }
@@ -1045,13 +1110,47 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-fn read_torrent(path: &Path) -> Result<metainfo::Metainfo, String> {
+/// A torrent file's metainfo and the raw bytes of its info dictionary (served to peers that
+/// fetch metadata, BEP 9).
+fn read_torrent(path: &Path) -> Result<(metainfo::Metainfo, Option<Vec<u8>>), String> {
     let bytes = read_limited(path)?;
-    let parsed = metainfo::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_torrent_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn parse_torrent_bytes(bytes: &[u8]) -> Result<(metainfo::Metainfo, Option<Vec<u8>>), String> {
+    let parsed = metainfo::parse(bytes).map_err(|e| e.to_string())?;
     for w in &parsed.warnings {
-        warn!("torrent {}: {}", path.display(), w);
+        warn!("torrent {}: {}", parsed.meta.name, w);
     }
-    Ok(parsed.meta)
+    let info = crate::bencode::raw_dict_value(bytes, b"info")
+        .ok()
+        .flatten()
+        .map(<[u8]>::to_vec);
+    Ok((parsed.meta, info))
+}
+
+/// A .torrent for a magnet whose metadata was fetched: the info dictionary as received (so the
+/// info-hash is unchanged) and the magnet's trackers, keys in sorted order.
+pub(super) fn torrent_file_bytes(info: &[u8], trackers: &[Vec<String>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(info.len() + 256);
+    out.push(b'd');
+    if let Some(first) = trackers.iter().flatten().next() {
+        crate::bencode::put_kv_bytes(&mut out, "announce", first.as_bytes());
+        crate::bencode::put_bytes(&mut out, b"announce-list");
+        out.push(b'l');
+        for tier in trackers {
+            out.push(b'l');
+            for t in tier {
+                crate::bencode::put_bytes(&mut out, t.as_bytes());
+            }
+            out.push(b'e');
+        }
+        out.push(b'e');
+    }
+    crate::bencode::put_bytes(&mut out, b"info");
+    out.extend_from_slice(info);
+    out.push(b'e');
+    out
 }
 
 /// Deletes a torrent's files (never anything outside `dir`), then its empty directories.

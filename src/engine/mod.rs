@@ -25,11 +25,15 @@ use crate::announce::{Announcer, Job, Reply};
 use crate::config::Encryption;
 use crate::dht::{self as dhtmod, Dht, DhtEvent};
 use crate::dns;
+use crate::fetch::Fetch;
+use crate::magnet::Magnet;
+use crate::metainfo::{FileEntry, Metainfo};
 use crate::mse::{self, CryptoSet};
 use crate::net;
 use crate::peer::{CloseReason, PeerConn, Phase, HANDSHAKE_TIMEOUT};
 use crate::pool::{Handle, Slots};
 use crate::ratelimit::{Limiter, TokenBucket};
+use crate::storage::{DirectIo, MemStore, Storage};
 use crate::time::Instant;
 use crate::torrent::{Buffers, Event as TorrentEvent, State, Torrent};
 use crate::tracker::{self, Announce, Event as TrackerEvent, Scheme, Url};
@@ -116,6 +120,12 @@ pub struct Options {
     pub dht_max_nodes: usize,
     /// Where the DHT routing table is saved between runs (daemon).
     pub dht_state: Option<std::path::PathBuf>,
+    /// Storage settings for torrents the engine creates itself (magnets, daemon).
+    pub direct_io: DirectIo,
+    pub max_open_files: usize,
+    /// Settings for torrents the engine creates itself.
+    pub upload_slots: usize,
+    pub max_known_peers: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -168,6 +178,9 @@ struct Entry {
     seeding_since: Option<Instant>,
     /// Why the torrent stopped by itself (seeding limits), shown in `status`.
     note: Option<String>,
+    /// A magnet link still fetching its metadata (BEP 9): peers talk to this instead of `t`,
+    /// which is a placeholder until the info dictionary arrives.
+    fetch: Option<Box<Fetch>>,
     /// Next DHT announce (and peer lookup) for this torrent.
     dht_next: Instant,
     /// Last scrape sent for this torrent.
@@ -383,6 +396,7 @@ impl Engine {
             up_bucket: TokenBucket::unlimited(),
             seeding_since: None,
             note: None,
+            fetch: None,
             dht_next: Instant::ZERO,
             scraped_at: None,
         });
@@ -707,7 +721,11 @@ impl Engine {
                 return;
             }
             if let Some(ti) = p.torrent {
-                self.torrents[ti].t.fill_tx(p, now);
+                let e = &mut self.torrents[ti];
+                match e.fetch.as_mut() {
+                    Some(f) => f.fill_tx(p, now),
+                    None => e.t.fill_tx(p, now),
+                }
             }
             if p.tx_pending().is_empty() {
                 return;
@@ -928,19 +946,26 @@ impl Engine {
                 p.close(CloseReason::Duplicate);
                 return;
             }
-            let t = &mut self.torrents[ti].t;
+            let e = &mut self.torrents[ti];
             if !p.outgoing {
-                t.add_candidate(addr, now);
-                t.candidate_connected(addr);
+                e.t.add_candidate(addr, now);
+                e.t.candidate_connected(addr);
             }
-            t.on_established(p, now);
+            match e.fetch.as_mut() {
+                Some(f) => f.on_established(p, now),
+                None => e.t.on_established(p, now),
+            }
             debug!("peer {}: handshake ok ({})", addr, p.client_name());
         }
         let Some(p) = self.peers.get_mut(h) else {
             return;
         };
         if let (Phase::Established, Some(ti)) = (p.phase, p.torrent) {
-            self.torrents[ti].t.handle_rx(p, now, &mut self.bufs);
+            let e = &mut self.torrents[ti];
+            match e.fetch.as_mut() {
+                Some(f) => f.handle_rx(p, now),
+                None => e.t.handle_rx(p, now, &mut self.bufs),
+            }
         }
     }
 
@@ -1082,6 +1107,9 @@ impl Engine {
         debug!("peer {}: closed: {}", p.addr, reason);
         if let Some(ti) = p.torrent {
             if let Some(e) = self.torrents.get_mut(ti) {
+                if let Some(f) = e.fetch.as_mut() {
+                    f.on_closed(&mut p, now);
+                }
                 e.t.on_closed(&mut p, now);
                 if mse_failed && self.opts.encryption == Encryption::Prefer {
                     // The peer may not speak MSE: dial it again in plaintext.
@@ -1121,6 +1149,7 @@ impl Engine {
 
     fn handle_torrent_events(&mut self, now: Instant) {
         for i in 0..self.torrents.len() {
+            self.poll_fetch(i, now);
             while let Some(addr) = self.torrents[i].t.poll_banned() {
                 let hs: Vec<Handle> = self
                     .peers
@@ -1202,7 +1231,11 @@ impl Engine {
                 .iter_mut()
                 .filter(|(_, p)| p.torrent == Some(ti))
                 .map(|(_, p)| p);
-            self.torrents[ti].t.tick(now, elapsed, peers);
+            let e = &mut self.torrents[ti];
+            match e.fetch.as_mut() {
+                Some(f) => f.tick(now, peers),
+                None => e.t.tick(now, elapsed, peers),
+            }
         }
         if self.shutdown.is_none() {
             self.connect_candidates(now);
@@ -1338,6 +1371,182 @@ impl Engine {
                 self.begin_shutdown(now, Outcome::Complete);
             }
         }
+    }
+
+    /// Adds a magnet link: a placeholder torrent whose peers speak only the metadata exchange
+    /// (BEP 9) until the info dictionary has arrived and matched the info-hash.
+    pub fn add_magnet(
+        &mut self,
+        m: &Magnet,
+        dir: std::path::PathBuf,
+        id: u32,
+    ) -> Result<usize, String> {
+        let name = m
+            .name
+            .clone()
+            .unwrap_or_else(|| crate::hash::hex(&m.info_hash));
+        let placeholder = Metainfo {
+            info_hash: m.info_hash,
+            name: name.clone(),
+            piece_length: 16384,
+            pieces: vec![0; 20],
+            files: vec![FileEntry {
+                path: vec![name.clone()],
+                length: 1,
+                offset: 0,
+                pad: false,
+            }],
+            total_length: 1,
+            private: false,
+            trackers: m.trackers.iter().map(|t| vec![t.clone()]).collect(),
+            comment: None,
+            created_by: None,
+            creation_date: None,
+            multi_file: false,
+        };
+        let settings = crate::torrent::Settings {
+            upload_slots: self.opts.upload_slots,
+            max_candidates: self.opts.max_known_peers,
+            listen_port: self.listen_port,
+        };
+        let seed = self.rng.next_u64();
+        let t = Torrent::new(
+            placeholder,
+            crate::bitfield::Bitfield::new(1),
+            Box::new(MemStore::new(1)),
+            self.bufs.pool.capacity(),
+            self.peer_id,
+            settings,
+            crate::rng::Rng::new(seed),
+        )?;
+        let i = self.push_entry(t, id, dir);
+        let now = self.now();
+        let e = &mut self.torrents[i];
+        e.fetch = Some(Box::new(Fetch::new(
+            m.info_hash,
+            m.name.clone(),
+            self.peer_id,
+            self.listen_port,
+        )));
+        for p in &m.peers {
+            if let Ok(a) = p.parse::<SocketAddr>() {
+                e.t.add_candidate(a, now);
+            }
+        }
+        self.connect_soon = true;
+        Ok(i)
+    }
+
+    /// Drains a metadata fetch: closes peers that sent bad metadata, and once the verified
+    /// info dictionary is in, replaces the placeholder with the real torrent.
+    fn poll_fetch(&mut self, i: usize, now: Instant) {
+        let Some(f) = self.torrents[i].fetch.as_mut() else {
+            return;
+        };
+        let mut banned = Vec::new();
+        while let Some(a) = f.poll_banned() {
+            banned.push(a);
+        }
+        let done = f.poll_done();
+        for a in banned {
+            self.torrents[i]
+                .t
+                .candidates
+                .ban(a, now, self.opts.max_known_peers);
+            let hs: Vec<Handle> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.torrent == Some(i) && p.addr == a)
+                .map(|(h, _)| h)
+                .collect();
+            for h in hs {
+                if let Some(p) = self.peers.get_mut(h) {
+                    p.close(CloseReason::BadPiece);
+                }
+                self.close_peer(h, now);
+            }
+        }
+        match done {
+            None => {}
+            Some(Err(e)) => {
+                warn!("magnet {}: {e}", self.torrents[i].t.meta.name);
+                self.torrents[i].t.state = State::Error(e);
+            }
+            Some(Ok(info)) => {
+                if let Err(e) = self.finish_magnet(i, info, now) {
+                    warn!("magnet {}: {e}", self.torrents[i].t.meta.name);
+                    self.torrents[i].t.state = State::Error(e);
+                }
+            }
+        }
+    }
+
+    fn finish_magnet(&mut self, i: usize, info: Vec<u8>, now: Instant) -> Result<(), String> {
+        let trackers = self.torrents[i].t.meta.trackers.clone();
+        let parsed = crate::metainfo::parse_info(&info, trackers).map_err(|e| e.to_string())?;
+        for w in &parsed.warnings {
+            warn!("torrent {}: {}", parsed.meta.name, w);
+        }
+        let meta = parsed.meta;
+        let dir = self.torrents[i].dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let storage = Storage::open(&dir, &meta, self.opts.direct_io, self.opts.max_open_files)
+            .map_err(|e| e.to_string())?;
+        let settings = crate::torrent::Settings {
+            upload_slots: self.opts.upload_slots,
+            max_candidates: self.opts.max_known_peers,
+            listen_port: self.listen_port,
+        };
+        let n = meta.piece_count();
+        let seed = self.rng.next_u64();
+        let mut t = Torrent::new(
+            meta,
+            crate::bitfield::Bitfield::new(n),
+            Box::new(storage),
+            self.bufs.pool.capacity(),
+            self.peer_id,
+            settings,
+            crate::rng::Rng::new(seed),
+        )?;
+        // The metadata peers were spoken to as a fetch: reconnect them as torrent peers.
+        let hs: Vec<Handle> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.torrent == Some(i))
+            .map(|(h, _)| h)
+            .collect();
+        for h in hs {
+            if let Some(p) = self.peers.get_mut(h) {
+                p.close(CloseReason::Shutdown);
+            }
+            self.close_peer(h, now);
+        }
+        let e = &mut self.torrents[i];
+        t.candidates = std::mem::replace(&mut e.t.candidates, crate::peer::Candidates::new());
+        t.candidates.reset_connections(now);
+        t.info = Some(info);
+        info!(
+            "magnet {}: metadata verified: {} ({} pieces)",
+            crate::hash::hex(&t.meta.info_hash),
+            t.meta.name,
+            n
+        );
+        if self.daemon.is_none() {
+            println!(
+                "metadata {} {}",
+                crate::hash::hex(&t.meta.info_hash),
+                t.meta.name
+            );
+        }
+        // Data already in the directory (a restart, or the same files) is verified first.
+        t.state = State::Checking;
+        e.t = t;
+        e.fetch = None;
+        e.check_cursor = 0;
+        e.dirty = true;
+        self.connect_soon = true;
+        self.save_fetched_torrent(i);
+        Ok(())
     }
 
     /// Dials `addr` for torrent `ti` now (used for `--peer`).

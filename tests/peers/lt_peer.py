@@ -139,6 +139,12 @@ def make_session(args):
         settings["dht_ignore_dark_internet"] = False
         settings["dht_enforce_node_id"] = False
         settings["dht_announce_interval"] = 5
+    if args.no_outgoing:
+        # Accept connections but never dial (tests that must see who dials whom).
+        settings["enable_outgoing_tcp"] = False
+    if args.download_limit:
+        settings["download_rate_limit"] = args.download_limit
+        settings["ignore_limits_on_local_network"] = False
     if args.upload_limit:
         settings["upload_rate_limit"] = args.upload_limit
         # Loopback counts as the local network, which libtorrent exempts from limits.
@@ -354,6 +360,8 @@ def main():
     p.add_argument("--seed-mode", action="store_true", help="seed without checking the data first")
     p.add_argument("--keep-seeding", action="store_true", help="download: keep running after complete")
     p.add_argument("--upload-limit", type=int, default=0, help="bytes/s")
+    p.add_argument("--download-limit", type=int, default=0, help="bytes/s")
+    p.add_argument("--no-outgoing", action="store_true", help="never dial peers")
     p.add_argument("--timeout", type=float, default=120.0, help="give up (exit 3) after this many seconds")
     p.add_argument("--log-interval", type=float, default=5.0)
     p.add_argument("--verbose", action="store_true")

@@ -1,0 +1,410 @@
+//! Magnet links (BEP 9 metadata exchange over BEP 10), PEX (BEP 11) and the daemon's saved
+//! metadata, against libtorrent and Transmission on loopback. DHTs here are only loopback
+//! nodes the test starts.
+
+use std::fs;
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn expect_complete(w: &Work, p: &mut Proc, within: Duration) {
+    p.expect_success(w, within);
+    let lines = p.lines().to_vec();
+    assert!(
+        lines.iter().any(|l| l.starts_with("metadata ")),
+        "{}: no `metadata ` line: {lines:?}",
+        p.name
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("complete ")),
+        "{}: no `complete ` line",
+        p.name
+    );
+}
+
+fn seeded_file(
+    w: &Work,
+    name: &str,
+    size: u64,
+    seed: u64,
+    trackers: &[String],
+) -> (PathBuf, PathBuf, String) {
+    let seed_dir = w.mkdir("seed");
+    let src = seed_dir.join(name);
+    write_random_file(&src, size, seed);
+    let t = w.path(&format!("{name}.torrent"));
+    let hash = lt_create(w, &src, &t, trackers, 32 * 1024);
+    (src, t, hash)
+}
+
+#[test]
+fn magnet_via_tracker_from_libtorrent() {
+    let w = Work::new("magnet_tracker_lt");
+    let taddr = Tracker::reserve();
+    let url = Tracker::url_for(taddr);
+    let (src, t, hash) = seeded_file(&w, "m.bin", 2_500_009, 31, std::slice::from_ref(&url));
+    let _tracker = Tracker::start(&w, taddr, &[&hash]);
+    let mut lt = lt_peer(
+        &w,
+        "lt-seed",
+        "seed",
+        &t,
+        src.parent().unwrap(),
+        endpoint(),
+        &[],
+    );
+    lt.wait_line(&w, "ready", secs(30));
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{hash}&dn=m.bin&tr={}",
+        url.replace(':', "%3A").replace('/', "%2F")
+    );
+    let dl = w.mkdir("dl");
+    let mut p = atorrent(
+        &w,
+        "atorrent",
+        &[
+            "download",
+            &magnet,
+            "--dir",
+            dl.to_str().unwrap(),
+            "--bind",
+            &endpoint().ip().to_string(),
+            "--no-dht",
+        ],
+    );
+    expect_complete(&w, &mut p, secs(60));
+    assert_same_file(&src, &dl.join("m.bin"));
+}
+
+#[test]
+fn magnet_metadata_from_a_transmission_seeder() {
+    require_tool("transmission-cli");
+    let w = Work::new("magnet_transmission");
+    let (src, t, hash) = seeded_file(&w, "tr.bin", 1_500_011, 32, &[]);
+    // A seeding transmission-cli (no ratio limit), given to atorrent through the magnet's x.pe.
+    let taddr = endpoint();
+    let cfg = w.mkdir("tr-config");
+    fs::write(
+        cfg.join("settings.json"),
+        format!(
+            r#"{{"dht-enabled": false, "lpd-enabled": false, "pex-enabled": false, "utp-enabled": false,
+"port-forwarding-enabled": false, "blocklist-enabled": false, "rpc-enabled": false,
+"ratio-limit-enabled": false, "idle-seeding-limit-enabled": false, "peer-port": {}, "peer-port-random-on-start": false,
+"bind-address-ipv4": "{}", "encryption": 1, "message-level": 2, "download-dir": "{}", "start-added-torrents": true}}"#,
+            taddr.port(),
+            taddr.ip(),
+            src.parent().unwrap().display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("transmission-cli");
+    cmd.arg("-g")
+        .arg(&cfg)
+        .arg("-w")
+        .arg(src.parent().unwrap())
+        .arg("-p")
+        .arg(taddr.port().to_string())
+        .arg(&t);
+    let _tr = Proc::spawn(&w, "transmission", cmd);
+    wait_listening(&w, taddr, "transmission-cli", secs(20));
+    // Give transmission a moment to verify its data before it is asked for pieces.
+    std::thread::sleep(Duration::from_secs(2));
+    let magnet = format!("magnet:?xt=urn:btih:{hash}&x.pe={taddr}");
+    let dl = w.mkdir("dl");
+    let mut p = atorrent(
+        &w,
+        "atorrent",
+        &[
+            "download",
+            &magnet,
+            "--dir",
+            dl.to_str().unwrap(),
+            "--bind",
+            &endpoint().ip().to_string(),
+            "--no-dht",
+        ],
+    );
+    expect_complete(&w, &mut p, secs(90));
+    assert_same_file(&src, &dl.join("tr.bin"));
+}
+
+fn lt_dht(w: &Work, n: usize) -> (Vec<Proc>, Vec<SocketAddrV4>) {
+    let mut procs = Vec::new();
+    let mut addrs: Vec<SocketAddrV4> = Vec::new();
+    for i in 0..n {
+        let a = endpoint();
+        let boot = addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args = vec!["--timeout", "150"];
+        if !boot.is_empty() {
+            args.push("--dht-bootstrap");
+            args.push(&boot);
+        }
+        let empty = PathBuf::new();
+        let mut p = lt_peer(w, &format!("dht{i}"), "dht-node", &empty, &empty, a, &args);
+        p.wait_line(w, "ready", secs(30));
+        procs.push(p);
+        addrs.push(a);
+    }
+    (procs, addrs)
+}
+
+fn dht_config(w: &Work, name: &str, boot: &[SocketAddrV4], ip: std::net::Ipv4Addr) -> String {
+    let cfg = w.path(name);
+    let nodes = boot
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    fs::write(
+        &cfg,
+        format!(
+            "enable_dht = true\ndht_bootstrap = {nodes}\ndht_port = {}\nenable_ipv6 = false\nlog_level = debug\n",
+            free_port(ip)
+        ),
+    )
+    .unwrap();
+    cfg.to_str().unwrap().to_string()
+}
+
+/// A bare magnet (no tracker, no peers): the DHT finds the libtorrent seeder, the metadata
+/// comes over ut_metadata, then the download.
+#[test]
+fn dht_only_magnet_from_libtorrent() {
+    let w = Work::with_limit("magnet_dht", secs(150));
+    let (_nodes, boot) = lt_dht(&w, 3);
+    let boot_list = boot
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let (src, t, hash) = seeded_file(&w, "dht.bin", 1_800_013, 33, &[]);
+    let mut lt = lt_peer(
+        &w,
+        "lt-seed",
+        "seed",
+        &t,
+        src.parent().unwrap(),
+        endpoint(),
+        &["--dht-bootstrap", &boot_list],
+    );
+    lt.wait_line(&w, "ready", secs(40));
+    let me = endpoint();
+    let cfg = dht_config(&w, "dl.ini", &boot, *me.ip());
+    let dl = w.mkdir("dl");
+    let magnet = format!("magnet:?xt=urn:btih:{hash}");
+    let start = Instant::now();
+    let mut p = atorrent(
+        &w,
+        "atorrent",
+        &[
+            "--config",
+            &cfg,
+            "download",
+            &magnet,
+            "--dir",
+            dl.to_str().unwrap(),
+            "--bind",
+            &me.ip().to_string(),
+            "--port",
+            &me.port().to_string(),
+        ],
+    );
+    expect_complete(&w, &mut p, secs(100));
+    eprintln!("magnet over the DHT completed in {:?}", start.elapsed());
+    assert_same_file(&src, &dl.join("dht.bin"));
+}
+
+/// atorrent seeds and announces into the DHT and serves the metadata: a libtorrent node given
+/// only the magnet downloads everything from it.
+#[test]
+fn libtorrent_fetches_a_magnet_from_atorrent() {
+    let w = Work::with_limit("magnet_serve", secs(150));
+    let (_nodes, boot) = lt_dht(&w, 3);
+    let boot_list = boot
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let (src, t, hash) = seeded_file(&w, "serve.bin", 1_300_021, 34, &[]);
+    let me = endpoint();
+    let cfg = dht_config(&w, "seed.ini", &boot, *me.ip());
+    let mut seed = atorrent_download(
+        &w,
+        "atorrent-seed",
+        &t,
+        src.parent().unwrap(),
+        me,
+        &["--seed", "--dht", "--config", &cfg],
+    );
+    seed.wait_line(&w, "seeding ", secs(30));
+    let dl = w.mkdir("dl");
+    let magnet = format!("magnet:?xt=urn:btih:{hash}");
+    let empty = PathBuf::new();
+    let mut lt = lt_peer(
+        &w,
+        "lt-dl",
+        "download",
+        &empty,
+        &dl,
+        endpoint(),
+        &[
+            "--magnet",
+            &magnet,
+            "--dht-bootstrap",
+            &boot_list,
+            "--timeout",
+            "110",
+        ],
+    );
+    lt.wait_line(&w, "complete", secs(110));
+    assert_same_file(&src, &dl.join("serve.bin"));
+}
+
+/// PEX: atorrent knows only peer B, a libtorrent leecher downloading slowly from seeder C;
+/// B's ut_pex message names C, and atorrent fetches everything from C at full speed.
+#[test]
+fn pex_learns_a_third_peer() {
+    let w = Work::new("pex");
+    let (src, t, _hash) = seeded_file(&w, "pex.bin", 3_000_017, 35, &[]);
+    let c_addr = endpoint();
+    // C never dials, so the only way atorrent meets C is by dialling it after B's PEX.
+    let mut c = lt_peer(
+        &w,
+        "lt-c",
+        "seed",
+        &t,
+        src.parent().unwrap(),
+        c_addr,
+        &["--no-outgoing"],
+    );
+    c.wait_line(&w, "ready", secs(30));
+    let b_dir = w.mkdir("b");
+    let b_addr = endpoint();
+    let c_str = c_addr.to_string();
+    let mut b = lt_peer(
+        &w,
+        "lt-b",
+        "download",
+        &t,
+        &b_dir,
+        b_addr,
+        &["--peer", &c_str, "--download-limit", "20000"],
+    );
+    b.wait_line(&w, "ready", secs(30));
+    // Let B connect to C before atorrent asks B for peers.
+    std::thread::sleep(Duration::from_secs(2));
+    let dl = w.mkdir("dl");
+    let b_str = b_addr.to_string();
+    let start = Instant::now();
+    let mut p = atorrent_download(
+        &w,
+        "atorrent",
+        &t,
+        &dl,
+        endpoint(),
+        &["-v", "--peer", &b_str],
+    );
+    p.expect_success(&w, secs(60));
+    let took = start.elapsed();
+    assert_same_file(&src, &dl.join("pex.bin"));
+    let log = p.lines().join("\n") + &p.stderr_text();
+    assert!(
+        log.contains(&format!("peer {c_str}: handshake ok")),
+        "never dialled C (learned by PEX); took {took:?}\n{log}"
+    );
+    // B has almost nothing; C is only known through B's PEX message.
+    assert!(took < Duration::from_secs(40), "took {took:?}");
+}
+
+/// The daemon starts a magnet, saves the fetched metainfo, and after a restart knows the
+/// torrent without fetching again.
+#[test]
+fn daemon_magnet_metadata_survives_restart() {
+    let w = Work::new("magnet_daemon");
+    let (src, t, hash) = seeded_file(&w, "dm.bin", 1_100_003, 36, &[]);
+    let seed_addr = endpoint();
+    let mut lt = lt_peer(
+        &w,
+        "lt-seed",
+        "seed",
+        &t,
+        src.parent().unwrap(),
+        seed_addr,
+        &[],
+    );
+    lt.wait_line(&w, "ready", secs(30));
+    let listen = endpoint();
+    let cfg = w.path("d.ini");
+    fs::write(
+        &cfg,
+        format!(
+            "download_dir = {}\nstate_dir = {}\nlog_file = {}\nlisten_port = {}\nbind_address = {}\n\
+             enable_dht = false\nenable_ipv6 = false\nlog_level = debug\n",
+            w.path("dl").display(),
+            w.path("state").display(),
+            w.path("d.log").display(),
+            listen.port(),
+            listen.ip()
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(atorrent_bin());
+        cmd.arg("--config").arg(&cfg).args(args);
+        run(&w, cmd, secs(20))
+    };
+    let start_daemon = || {
+        let _ = fs::remove_file(w.path("state/control.sock"));
+        let mut cmd = Command::new(atorrent_bin());
+        cmd.arg("--config").arg(&cfg).arg("daemon");
+        let d = Proc::spawn(&w, "daemon", cmd);
+        let end = Instant::now() + secs(20);
+        while !w.path("state/control.sock").exists() {
+            assert!(Instant::now() < end, "no control socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    };
+    let wait_seeding = |within: Duration| {
+        let end = Instant::now() + within;
+        loop {
+            let o = cli(&["status", "1"]);
+            if o.stdout.contains("state: seeding") {
+                return o.stdout;
+            }
+            assert!(
+                Instant::now() < end,
+                "never seeding: {} {}",
+                o.stdout,
+                o.stderr
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let mut d = start_daemon();
+    let magnet = format!("magnet:?xt=urn:btih:{hash}&dn=dm.bin&x.pe={seed_addr}");
+    let o = cli(&["start", &magnet]);
+    assert!(o.status.success(), "{}", o.stderr);
+    assert_eq!(o.stdout.trim(), "1");
+    wait_seeding(secs(60));
+    assert_same_file(&src, &w.path("dl/dm.bin"));
+    assert!(
+        w.path(&format!("state/torrents/{hash}.torrent")).exists(),
+        "fetched metainfo not saved"
+    );
+    assert!(cli(&["shutdown"]).status.success());
+    assert!(d.wait_exit(&w, secs(20)).success());
+    drop(lt);
+    let mut d = start_daemon();
+    let s = wait_seeding(secs(20));
+    assert!(s.contains("dm.bin"), "{s}");
+    assert!(cli(&["shutdown"]).status.success());
+    assert!(d.wait_exit(&w, secs(20)).success());
+}
