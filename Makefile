@@ -4,7 +4,8 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint demo bench bench-ctl bench-crypto bench-limits setup cross cross-setup cross-test cross-unit cross-e2e size
+.PHONY: all build test lint demo bench bench-ctl bench-crypto bench-limits bench-seeders \
+	bench-files bench-seed bench-sha1 bench-idle setup cross cross-setup cross-test cross-unit cross-e2e size
 
 all: build
 
@@ -21,9 +22,25 @@ lint:
 demo:
 	bash scripts/demo.sh
 
+# The benchmark suite (scripts/bench-all.sh): every case, or those in BENCH_CASES, e.g.
+# `make bench BENCH_CASES="download sha1"`. Each case also has its own target below.
 bench:
-	bash scripts/bench.sh
-	bash scripts/bench-ctl.sh
+	BENCH_CASES="$(BENCH_CASES)" bash scripts/bench-all.sh
+
+bench-seeders:
+	bash scripts/bench-seeders.sh
+
+bench-files:
+	bash scripts/bench-files.sh
+
+bench-seed:
+	bash scripts/bench-seed.sh
+
+bench-sha1:
+	bash scripts/bench-sha1.sh
+
+bench-idle:
+	bash scripts/bench-idle.sh
 
 # `atorrent list` round-trip (p50/p99/max) while the daemon downloads at full speed.
 bench-ctl:

@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Benchmark: one libtorrent seeder behind opentracker serves a single-file torrent (1 GiB by
-# default) on loopback; atorrent, aria2c and transmission-cli download it in turn, each under
-# /usr/bin/time -v. Prints wall time, MB/s, user+sys CPU seconds per GiB and peak RSS, and
-# atorrent's ratio to each other client. Every copy is compared with the original.
+# Benchmark: download cases. libtorrent seeders behind opentracker serve a torrent (1 GiB by
+# default) on loopback; atorrent, a libtorrent client, aria2c, transmission-cli and rqbit (only
+# when `rqbit` is on PATH; it is never installed) download it in turn, each under /usr/bin/time
+# -v. Prints wall time, MB/s, user+sys CPU seconds per GiB and peak RSS, and atorrent's ratio to
+# each other client. Every copy is compared with the original.
+#
+# The same script runs the one-seeder case (default), the four-seeder case
+# (scripts/bench-seeders.sh: BENCH_SEEDERS=4) and the many-files case (scripts/bench-files.sh:
+# BENCH_FILES=2000, files of varied sizes in 20 directories summing to BENCH_SIZE_MB).
 #
 # Env: BENCH_SIZE_MB (1024), BENCH_PIECE_KB (1024), BENCH_TIMEOUT per client in s (600),
-#      BENCH_CLIENTS ("atorrent aria2c transmission"), BENCH_PROFILE cargo profile (release),
-#      BENCH_DIR parent of the scratch dir (TMPDIR or /tmp; use a disk, not tmpfs, for 1 GiB).
-# transmission never dials loopback peers learned from a tracker, so the seeder dials it, and
+#      BENCH_SEEDERS (1), BENCH_FILES (1 = one file), BENCH_TITLE (table heading),
+#      BENCH_CLIENTS ("atorrent libtorrent aria2c transmission", plus rqbit when installed),
+#      BENCH_PROFILE cargo profile (release), BENCH_DIR parent of the scratch dir (TMPDIR or
+#      /tmp; use a disk, not tmpfs, for 1 GiB), BENCH_ATORRENT_WRAP a command prefix for
+#      atorrent only (e.g. "perf record -g -o /tmp/perf.data --"), BENCH_RQBIT_ARGS (extra
+#      rqbit global flags, default --disable-dht), BENCH_BIN another atorrent binary (e.g. one
+#      built with debug symbols for perf).
+# transmission never dials loopback peers learned from a tracker, so the seeders dial it, and
 # its times include its 10 s rechoke pulse before the first request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,11 +26,18 @@ cd "$(dirname "$0")/.."
 SIZE_MB=${BENCH_SIZE_MB:-1024}
 PIECE_KB=${BENCH_PIECE_KB:-1024}
 TIMEOUT=${BENCH_TIMEOUT:-600}
-CLIENTS=${BENCH_CLIENTS:-atorrent aria2c transmission}
+SEEDERS=${BENCH_SEEDERS:-1}
+FILES=${BENCH_FILES:-1}
+default_clients="atorrent libtorrent aria2c transmission"
+if command -v rqbit >/dev/null; then default_clients="$default_clients rqbit"; fi
+CLIENTS=${BENCH_CLIENTS:-$default_clients}
 PROFILE=${BENCH_PROFILE:-release}
+WRAP=${BENCH_ATORRENT_WRAP:-}
 PY=${PYTHON:-/usr/bin/python3}
 LT_PEER=$PWD/tests/peers/lt_peer.py
 TIME=/usr/bin/time
+if [ "$FILES" = 1 ]; then shape="one file"; else shape="$FILES files"; fi
+TITLE=${BENCH_TITLE:-"download: ${SIZE_MB} MiB, $shape, $SEEDERS libtorrent seeder(s)"}
 
 for tool in opentracker aria2c transmission-cli; do
   command -v $tool >/dev/null || { echo "bench: $tool missing: run scripts/setup.sh" >&2; exit 1; }
@@ -29,6 +46,7 @@ done
 
 cargo build --profile "$PROFILE" --quiet
 if [ "$PROFILE" = dev ]; then BIN=$PWD/target/debug/atorrent; else BIN=$PWD/target/$PROFILE/atorrent; fi
+BIN=${BENCH_BIN:-$BIN}
 
 work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/atorrent-bench.XXXXXX")
 chmod 755 "$work"
@@ -45,15 +63,19 @@ cleanup() {
 trap cleanup EXIT
 
 TRACKER_IP=127.0.0.1
-SEED_IP=127.0.0.2
 tracker_port=$(free_port $TRACKER_IP)
-seed_port=$(free_port $SEED_IP)
 
-echo "bench: ${SIZE_MB} MiB, ${PIECE_KB} KiB pieces, scratch $work"
+echo "bench: $TITLE; ${PIECE_KB} KiB pieces, scratch $work"
 mkdir -p "$work/seed" "$work/tracker"
 bytes=$((SIZE_MB * 1024 * 1024))
-head -c "$bytes" /dev/urandom >"$work/seed/bench.bin"
-"$PY" "$LT_PEER" --create "$work/seed/bench.bin" -o "$work/bench.torrent" \
+if [ "$FILES" = 1 ]; then
+  name=bench.bin
+  head -c "$bytes" /dev/urandom >"$work/seed/$name"
+else
+  name=bench
+  "$PY" scripts/bench_mkfiles.py "$work/seed/$name" "$FILES" "$bytes"
+fi
+"$PY" "$LT_PEER" --create "$work/seed/$name" -o "$work/bench.torrent" \
   --tracker "http://$TRACKER_IP:$tracker_port/announce" --piece-length $((PIECE_KB * 1024)) \
   >"$work/create.out"
 hash=$(sed -n 's/^infohash //p' "$work/create.out")
@@ -67,19 +89,29 @@ opentracker -i $TRACKER_IP -p "$tracker_port" -d "$work/tracker" -w whitelist \
 pids+=($!)
 wait_listening $TRACKER_IP "$tracker_port" 10
 
-# The seeder trusts the data (--seed-mode: no 1 GiB hash check) and dials whatever address is
-# written to peers.txt (for transmission).
+# The seeders (127.0.0.2, .3, ...) trust the data (--seed-mode: no hash check) and dial whatever
+# address is written to peers.txt (for transmission).
 : >"$work/peers.txt"
-"$PY" -u "$LT_PEER" seed --torrent "$work/bench.torrent" --dir "$work/seed" \
-  --listen "$SEED_IP:$seed_port" --seed-mode --peers-file "$work/peers.txt" \
-  --timeout $((TIMEOUT * 4 + 120)) >"$work/seeder.out" 2>"$work/seeder.err" &
-seed_pid=$!
-pids+=($seed_pid)
-wait_line "$work/seeder.out" '^ready' 60 $seed_pid
+for s in $(seq 1 "$SEEDERS"); do
+  sip=127.0.0.$((s + 1))
+  sport=$(free_port "$sip")
+  "$PY" -u "$LT_PEER" seed --torrent "$work/bench.torrent" --dir "$work/seed" \
+    --listen "$sip:$sport" --seed-mode --peers-file "$work/peers.txt" \
+    --timeout $((TIMEOUT * 6 + 120)) >"$work/seeder$s.out" 2>"$work/seeder$s.err" &
+  spid=$!
+  pids+=($spid)
+  wait_line "$work/seeder$s.out" '^ready' 60 $spid
+done
+# Let every seeder announce before the first client asks the tracker.
+sleep 1
+
+same() {
+  if [ "$FILES" = 1 ]; then cmp -s "$work/seed/$name" "$1/$name"; else diff -rq "$work/seed/$name" "$1/$name" >/dev/null; fi
+}
 
 results=$work/results.tsv
 : >"$results"
-n=3
+n=19
 for client in $CLIENTS; do
   n=$((n + 1))
   ip=127.0.0.$n
@@ -92,8 +124,18 @@ for client in $CLIENTS; do
   echo "bench: $client on $ip:$port ..."
   case $client in
     atorrent)
-      $TIME -v -o "$tfile" timeout "$TIMEOUT" "$BIN" download --no-dht "$work/bench.torrent" --dir "$dl" \
+      # shellcheck disable=SC2086
+      $TIME -v -o "$tfile" timeout "$TIMEOUT" $WRAP "$BIN" download --no-dht "$work/bench.torrent" --dir "$dl" \
         --bind "$ip" --port "$port" >"$log" 2>&1 || rc=$?
+      ;;
+    libtorrent)
+      $TIME -v -o "$tfile" "$PY" -u "$LT_PEER" download --torrent "$work/bench.torrent" --dir "$dl" \
+        --listen "$ip:$port" --timeout "$TIMEOUT" >"$log" 2>&1 || rc=$?
+      ;;
+    rqbit)
+      # shellcheck disable=SC2086
+      $TIME -v -o "$tfile" timeout "$TIMEOUT" rqbit ${BENCH_RQBIT_ARGS:---disable-dht} download \
+        -o "$dl" --exit-on-finish "$work/bench.torrent" >"$log" 2>&1 || rc=$?
       ;;
     aria2c)
       $TIME -v -o "$tfile" timeout "$TIMEOUT" aria2c --no-conf=true --dir="$dl" --seed-time=0 \
@@ -104,6 +146,7 @@ for client in $CLIENTS; do
       ;;
     transmission)
       cfg=$work/transmission-config
+      rm -rf "$cfg"
       mkdir -p "$cfg"
       cat >"$cfg/settings.json" <<JSON
 {
@@ -131,7 +174,7 @@ JSON
       ;;
   esac
   ok=no
-  if [ "$rc" = 0 ] && cmp -s "$work/seed/bench.bin" "$dl/bench.bin"; then ok=yes; fi
+  if [ "$rc" = 0 ] && same "$dl"; then ok=yes; fi
   if [ "$ok" != yes ]; then
     echo "bench: $client failed (exit $rc); last log lines:" >&2
     tail -5 "$log" >&2 || true
@@ -140,4 +183,6 @@ JSON
   rm -rf "$dl"
 done
 
+echo
+echo "== $TITLE"
 python3 scripts/bench_report.py "$results" "$bytes"
