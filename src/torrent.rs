@@ -196,6 +196,9 @@ pub struct Torrent {
     /// The raw bencoded info dictionary, served to peers over ut_metadata (BEP 9). Set by the
     /// engine from the .torrent file or a finished magnet fetch; `None` rejects requests.
     pub info: Option<Vec<u8>>,
+    /// BEP 53 file selection: the pieces wanted, and how many of them are still missing.
+    pub wanted: Option<Bitfield>,
+    wanted_missing: u32,
     pub downloaded: u64,
     pub uploaded: u64,
     pub wasted: u64,
@@ -264,6 +267,8 @@ impl Torrent {
             peer_id,
             candidates: Candidates::new(),
             info: None,
+            wanted: None,
+            wanted_missing: 0,
             downloaded: 0,
             uploaded: 0,
             wasted: 0,
@@ -288,20 +293,76 @@ impl Torrent {
         &self.meta.info_hash
     }
 
+    /// Every wanted piece is verified (all pieces, unless a file selection narrowed them).
     pub fn is_complete(&self) -> bool {
-        self.have.is_full()
+        match &self.wanted {
+            None => self.have.is_full(),
+            Some(_) => self.wanted_missing == 0,
+        }
     }
 
+    /// Bytes of wanted pieces not yet verified.
     pub fn bytes_left(&self) -> u64 {
         let mut left = 0u64;
         for p in self.have.iter_clear() {
-            left += self.meta.piece_len(p) as u64;
+            if self.wanted.as_ref().is_none_or(|w| w.get(p)) {
+                left += self.meta.piece_len(p) as u64;
+            }
         }
         left
     }
 
+    /// Bytes of the wanted pieces (the whole torrent without a file selection).
+    pub fn wanted_total(&self) -> u64 {
+        match &self.wanted {
+            None => self.meta.total_length,
+            Some(w) => w.iter_set().map(|p| self.meta.piece_len(p) as u64).sum(),
+        }
+    }
+
     pub fn bytes_have(&self) -> u64 {
-        self.meta.total_length - self.bytes_left()
+        self.wanted_total().saturating_sub(self.bytes_left())
+    }
+
+    /// BEP 53 file selection: only pieces overlapping files whose index is in one of the
+    /// inclusive `ranges` are downloaded. The picker is told the others are had, so it never
+    /// asks for them; pieces shared with a selected file are still fetched whole.
+    pub fn select_files(&mut self, ranges: &[(u32, u32)]) {
+        let n = self.meta.piece_count();
+        let plen = self.meta.piece_length as u64;
+        let mut wanted = Bitfield::new(n);
+        for (i, f) in self.meta.files.iter().enumerate() {
+            let i = i as u32;
+            if f.pad || f.length == 0 || !ranges.iter().any(|&(a, b)| a <= i && i <= b) {
+                continue;
+            }
+            let first = (f.offset / plen) as u32;
+            let last = ((f.offset + f.length - 1) / plen) as u32;
+            for p in first..=last.min(n.saturating_sub(1)) {
+                wanted.set(p);
+            }
+        }
+        let mut missing = 0;
+        for p in 0..n {
+            if wanted.get(p) {
+                if !self.have.get(p) {
+                    missing += 1;
+                }
+            } else if !self.have.get(p) {
+                self.picker.set_have(p);
+            }
+        }
+        info!(
+            "torrent {}: {} of {} pieces selected",
+            self.meta.name,
+            wanted.count(),
+            n
+        );
+        self.wanted = Some(wanted);
+        self.wanted_missing = missing;
+        if missing == 0 {
+            self.state = State::Seeding;
+        }
     }
 
     pub fn store_mut(&mut self) -> &mut dyn PieceStore {
@@ -943,10 +1004,19 @@ impl Torrent {
             self.have.set(piece);
             self.new_haves.push(piece);
             self.events.push(Event::PieceVerified(piece));
-            if self.have.is_full() {
+            if self.wanted.as_ref().is_some_and(|w| w.get(piece)) {
+                self.wanted_missing = self.wanted_missing.saturating_sub(1);
+            }
+            if self.is_complete() {
                 info!("torrent {}: complete", self.meta.name);
                 self.state = State::Seeding;
-                if let Err(e) = self.store.flush() {
+                // With a file selection, unselected files may be missing: sync only.
+                let r = if self.wanted.is_some() {
+                    self.store.sync()
+                } else {
+                    self.store.flush()
+                };
+                if let Err(e) = r {
                     return Err(e.to_string());
                 }
                 self.events.push(Event::Completed);
@@ -988,7 +1058,7 @@ impl Torrent {
     // ----- output -----
 
     fn update_interest(&mut self, p: &mut PeerConn) {
-        let interesting = !self.have.is_full() && self.picker.is_interesting(&p.have, p.seed);
+        let interesting = !self.is_complete() && self.picker.is_interesting(&p.have, p.seed);
         if interesting != p.am_interested {
             p.am_interested = interesting;
             p.push(if interesting {
@@ -1156,7 +1226,7 @@ impl Torrent {
         if self.new_haves.is_empty() && self.cancels.is_empty() {
             return;
         }
-        let complete = self.have.is_full();
+        let complete = self.is_complete();
         for p in peers {
             if !p.is_established() {
                 continue;

@@ -1014,7 +1014,7 @@ impl Engine {
     fn view(&self, i: usize, _now: Instant) -> TorrentView {
         let e = &self.torrents[i];
         let t = &e.t;
-        let total = t.meta.total_length;
+        let total = t.wanted_total();
         let have = t.bytes_have();
         let (down_rate, up_rate) = self.rates(Some(i));
         let peers_connected = self

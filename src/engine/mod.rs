@@ -181,6 +181,8 @@ struct Entry {
     /// A magnet link still fetching its metadata (BEP 9): peers talk to this instead of `t`,
     /// which is a placeholder until the info dictionary arrives.
     fetch: Option<Box<Fetch>>,
+    /// BEP 53 `so=` file selection from a magnet, applied once the metadata is in.
+    select: Option<Vec<(u32, u32)>>,
     /// Next DHT announce (and peer lookup) for this torrent.
     dht_next: Instant,
     /// Last scrape sent for this torrent.
@@ -397,6 +399,7 @@ impl Engine {
             seeding_since: None,
             note: None,
             fetch: None,
+            select: None,
             dht_next: Instant::ZERO,
             scraped_at: None,
         });
@@ -1428,6 +1431,7 @@ impl Engine {
             self.peer_id,
             self.listen_port,
         )));
+        e.select = m.select_only.clone();
         for p in &m.peers {
             if let Ok(a) = p.parse::<SocketAddr>() {
                 e.t.add_candidate(a, now);
@@ -1525,6 +1529,9 @@ impl Engine {
         t.candidates = std::mem::replace(&mut e.t.candidates, crate::peer::Candidates::new());
         t.candidates.reset_connections(now);
         t.info = Some(info);
+        if let Some(sel) = &e.select {
+            t.select_files(sel);
+        }
         info!(
             "magnet {}: metadata verified: {} ({} pieces)",
             crate::hash::hex(&t.meta.info_hash),
@@ -1573,10 +1580,11 @@ impl Engine {
         for e in &self.torrents {
             let t = &e.t;
             let have = t.bytes_have();
-            let pct = if t.meta.total_length == 0 {
+            let total = t.wanted_total();
+            let pct = if total == 0 {
                 100.0
             } else {
-                have as f64 * 100.0 / t.meta.total_length as f64
+                have as f64 * 100.0 / total as f64
             };
             let (mut down, mut up, mut n) = (0u64, 0u64, 0usize);
             for (_, p) in self.peers.iter() {
@@ -1586,8 +1594,8 @@ impl Engine {
                     n += 1;
                 }
             }
-            let eta = if down > 0 && have < t.meta.total_length {
-                format!("{}s", (t.meta.total_length - have) / down)
+            let eta = if down > 0 && have < total {
+                format!("{}s", (total - have) / down)
             } else {
                 "-".to_string()
             };
