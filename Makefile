@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint demo bench bench-ctl bench-crypto bench-limits bench-seeders \
+.PHONY: all build test lint demo crash-test soak bench bench-ctl bench-crypto bench-limits bench-seeders \
 	bench-files bench-seed bench-sha1 bench-idle setup cross cross-setup cross-test cross-unit cross-e2e size
 
 all: build
@@ -55,6 +55,14 @@ bench-crypto:
 
 setup:
 	bash scripts/setup.sh
+
+# SIGKILL the downloading daemon at 20 random moments; checks the bytes, reports re-download.
+crash-test:
+	bash scripts/crash-test.sh
+
+# Churning loopback swarm for SOAK_SECS (default 1800) sampling the daemon's RSS and fds.
+soak:
+	bash scripts/soak.sh
 
 # Static musl cross-builds (cross/): `make cross` builds every target, `make cross TARGET=t`
 # (or a quoted list) only those. cross-test runs the unit tests under qemu (armv7, mipsel, mips

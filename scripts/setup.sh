@@ -2,7 +2,8 @@
 # Installs what the integration tests, `make demo` and `make bench` need on Debian 12:
 # the real peers (opentracker, libtorrent's Python binding, aria2, transmission), mktorrent,
 # GNU time for measurements, systemd-analyze (package systemd) and man (man-db) for the
-# init-script and man-page tests, and rustfmt/clippy for `make lint`.
+# init-script and man-page tests, util-linux (prlimit, mount), dosfstools and e2fsprogs for the
+# fd-limit and file-system cases of tests/hardening.rs, and rustfmt/clippy for `make lint`.
 # Idempotent and quiet: apt is skipped when every package is already installed.
 set -euo pipefail
 
@@ -20,6 +21,9 @@ PKGS=(
   coreutils
   systemd
   man-db
+  util-linux
+  dosfstools
+  e2fsprogs
 )
 
 missing=()
