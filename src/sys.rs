@@ -39,21 +39,28 @@ impl AlignedBuf {
         let len = len
             .checked_next_multiple_of(ALIGN)
             .expect("aligned buffer length overflows usize");
-        // posix_memalign with size 0 may return NULL; always ask for at least one unit.
+        // An anonymous private mapping: page-aligned (ALIGN is one page or less on every
+        // target) and zero-filled by the kernel on first touch, so a pool that is never fully
+        // used never becomes resident.
         let alloc_len = len.max(ALIGN);
-        let mut raw: *mut libc::c_void = std::ptr::null_mut();
-        // SAFETY: `raw` is a valid out-pointer; ALIGN is a power of two and a multiple of
-        // `size_of::<*mut c_void>()`, as posix_memalign requires.
-        let rc = unsafe { libc::posix_memalign(&mut raw, ALIGN, alloc_len) };
-        let ptr = match (rc, NonNull::new(raw as *mut u8)) {
-            (0, Some(p)) => p,
+        // SAFETY: a fresh anonymous mapping with no address hint; the result is checked.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                alloc_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        let ptr = match NonNull::new(raw as *mut u8) {
+            Some(p) if raw != libc::MAP_FAILED => p,
             _ => std::alloc::handle_alloc_error(
                 std::alloc::Layout::from_size_align(alloc_len, ALIGN)
                     .expect("ALIGN is a power of two"),
             ),
         };
-        // SAFETY: `ptr` points to `alloc_len >= len` writable bytes we own exclusively.
-        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, alloc_len) };
         AlignedBuf { ptr, len }
     }
 
@@ -84,8 +91,10 @@ impl DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: `ptr` came from posix_memalign, is freed exactly once, here.
-        unsafe { libc::free(self.ptr.as_ptr() as *mut libc::c_void) }
+        // SAFETY: `ptr` is our mapping of `len.max(ALIGN)` bytes, unmapped exactly once, here.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len.max(ALIGN));
+        }
     }
 }
 

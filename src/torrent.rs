@@ -857,6 +857,10 @@ impl Torrent {
         }
         self.downloaded += data.len() as u64;
         if let Err(e) = self.store_block(p.addr, b, data, bufs) {
+            // A local write failure (e.g. a full disk) is nobody's fault: forget every partly
+            // assembled piece so a later resume starts them afresh instead of hashing holes
+            // and blaming the peers that sent good data.
+            self.release_partials(bufs);
             self.fail(e);
         }
     }

@@ -992,9 +992,6 @@ fn disk_full_goes_to_error_and_other_torrents_continue() {
 
 /// After the filler is removed, `resume` must complete the torrent with the right bytes.
 #[test]
-#[ignore = "bug: after ENOSPC and resume, a piece partly lost to the failed writes fails its \
-            hash check, the honest seeder is banned (`closed: sent corrupt data`) and the \
-            download stalls below 100% (src/torrent.rs write-error path)"]
 fn disk_full_resume_after_freeing_space_completes() {
     disk_full("hard_disk_full_resume", true);
 }
@@ -1251,10 +1248,6 @@ fn fd_limit_64_control_socket_still_answers() {
 /// A configuration that asks for more connections than the descriptor limit allows: the
 /// daemon must still keep descriptors in reserve for the control socket.
 #[test]
-#[ignore = "bug: the daemon accepts peers until EMFILE (`net: accept failed: Too many open \
-            files`), then `daemon: control accept failed: Too many open files` and `atorrent \
-            list` hangs (the edge-triggered control listener is never retried); no descriptor \
-            reserve or RLIMIT_NOFILE clamp of max_connections (src/engine accept paths)"]
 fn fd_limit_64_with_max_connections_100_control_socket_still_answers() {
     fd_limit("hard_fd_limit_100", "max_connections = 100\n");
 }

@@ -416,7 +416,11 @@ fn magnet_select_only_downloads_the_chosen_file() {
     let w = Work::new("magnet_select");
     let seed_dir = w.mkdir("seed");
     let src = seed_dir.join("sel");
-    make_tree(&src, &[("a.bin", 300_001), ("b.bin", 500_000), ("c.bin", 700_003)], 37);
+    make_tree(
+        &src,
+        &[("a.bin", 300_001), ("b.bin", 500_000), ("c.bin", 700_003)],
+        37,
+    );
     let t = w.path("sel.torrent");
     let hash = lt_create(&w, &src, &t, &[], 32 * 1024);
     let seed_addr = endpoint();
@@ -424,12 +428,25 @@ fn magnet_select_only_downloads_the_chosen_file() {
     lt.wait_line(&w, "ready", secs(30));
     let dl = w.mkdir("dl");
     let magnet = format!("magnet:?xt=urn:btih:{hash}&x.pe={seed_addr}&so=0");
-    let mut p = atorrent(&w, "atorrent", &[
-        "download", &magnet, "--dir", dl.to_str().unwrap(), "--bind", &endpoint().ip().to_string(), "--no-dht",
-    ]);
+    let mut p = atorrent(
+        &w,
+        "atorrent",
+        &[
+            "download",
+            &magnet,
+            "--dir",
+            dl.to_str().unwrap(),
+            "--bind",
+            &endpoint().ip().to_string(),
+            "--no-dht",
+        ],
+    );
     expect_complete(&w, &mut p, secs(60));
     assert_same_file(&src.join("a.bin"), &dl.join("sel/a.bin"));
     let c = dl.join("sel/c.bin");
     let c_len = fs::metadata(&c).map(|m| m.len()).unwrap_or(0);
-    assert!(c_len == 0 || fs::read(&c).unwrap() != fs::read(src.join("c.bin")).unwrap(), "c.bin was downloaded");
+    assert!(
+        c_len == 0 || fs::read(&c).unwrap() != fs::read(src.join("c.bin")).unwrap(),
+        "c.bin was downloaded"
+    );
 }

@@ -57,6 +57,9 @@ const KIND_UDP_MAIN: usize = 8;
 
 /// Most bytes read from one peer per turn before the others get a go.
 const READ_BUDGET: usize = 1 << 20;
+/// Descriptors kept free for everything but peers and data files: listeners, UDP sockets,
+/// signal pipe, lock and log files, the control listener and its clients.
+const FD_RESERVE: usize = 16;
 /// Datagrams read from the shared UDP socket per readiness event before other work.
 const UDP_READ_BUDGET: usize = 256;
 /// DHT datagrams sent per loop turn (the DHT queues the rest).
@@ -252,7 +255,23 @@ impl Engine {
         for b in &mut peer_id[8..] {
             *b = ALNUM[rng.below(ALNUM.len())];
         }
-        let n = opts.max_connections.clamp(1, 0xffff);
+        // Descriptors: raise the soft limit to the hard one, then keep a reserve for the
+        // listeners, the control socket and its clients, trackers, DNS and data files, so
+        // that peers can never starve the control socket (`ulimit -n 64` still answers).
+        let nofile = crate::sys::raise_nofile_limit() as usize;
+        let reserve = FD_RESERVE + opts.max_open_files.min(nofile / 4);
+        let by_fds = if nofile == 0 {
+            usize::MAX
+        } else {
+            nofile.saturating_sub(reserve).max(1)
+        };
+        if by_fds < opts.max_connections {
+            warn!(
+                "engine: open-file limit {nofile} allows only {by_fds} peer connections (max_connections {})",
+                opts.max_connections
+            );
+        }
+        let n = opts.max_connections.min(by_fds).clamp(1, 0xffff);
         let mut spare = Vec::with_capacity(n);
         for _ in 0..n {
             spare.push(PeerConn::with_buffers(opts.peer_buffer_size));
@@ -1243,6 +1262,14 @@ impl Engine {
         if self.shutdown.is_none() {
             self.connect_candidates(now);
             self.announce(now);
+            // Listeners are edge-triggered: after an accept failed (EMFILE) no new event may
+            // come for connections already queued, so look once a second.
+            for li in 0..self.listeners.len() {
+                self.accept(li, now);
+            }
+            if self.daemon.is_some() {
+                self.ctl_accept(now);
+            }
         }
         self.tracker_timeouts(now);
         self.udp_trackers_poll(now);
