@@ -305,7 +305,7 @@ impl Torrent {
     pub fn bytes_left(&self) -> u64 {
         let mut left = 0u64;
         for p in self.have.iter_clear() {
-            if self.wanted.as_ref().is_none_or(|w| w.get(p)) {
+            if self.wanted.as_ref().map_or(true, |w| w.get(p)) {
                 left += self.meta.piece_len(p) as u64;
             }
         }
