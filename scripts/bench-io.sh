@@ -6,6 +6,7 @@
 #   BENCH_IO_MB     torrent size, MiB (default 1024)
 #   BENCH_PEERS     seeders (daemons on 127.0.1.x, as in bench-memory.sh; default 10)
 #   BENCH_DIR       where the data goes (default /var/tmp: on tmpfs the page cache IS the file)
+#   BENCH_DL_CONFIG extra config.ini lines for the downloader, e.g. 'block_buffers = 1024'
 #   BENCH_KEEP=1    keep the work directory
 # Cached %: `fincore` on the downloaded file right after the downloader exits (before anything
 # reads it). write_bytes: the downloader's exact /proc I/O counter to its exit
@@ -50,6 +51,7 @@ state_dir = $d/state
 log_file = $d/dl.log
 enable_dht = false
 enable_ipv6 = false
+${BENCH_DL_CONFIG:-}
 EOF
   port=$(free_port $DL_IP)
   t0=$(now)
