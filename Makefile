@@ -5,7 +5,8 @@
 CARGO ?= cargo
 
 .PHONY: all build test lint demo crash-test soak bench bench-ctl bench-crypto bench-limits bench-seeders \
-	bench-files bench-seed bench-sha1 bench-idle setup cross cross-setup cross-test cross-unit cross-e2e size
+	bench-files bench-seed bench-sha1 bench-idle bench-memory bench-io setup cross cross-setup cross-test \
+	cross-unit cross-e2e size openwrt-check
 
 all: build
 
@@ -53,6 +54,16 @@ bench-limits:
 bench-crypto:
 	bash scripts/bench-crypto.sh
 
+# Peak RSS downloading a 64 MiB and a 4 GiB torrent from 50 loopback seeders (BENCH_BIG_MB=2048
+# to halve it); needs ~8 GiB free under /var/tmp.
+bench-memory: build
+	bash scripts/bench-memory.sh
+
+# Page cache left (fincore) and bytes written per payload byte after a 1 GiB download, with
+# --direct-io on and off.
+bench-io: build
+	bash scripts/bench-io.sh
+
 setup:
 	bash scripts/setup.sh
 
@@ -94,3 +105,7 @@ cross-test: cross-unit cross-e2e
 
 size: cross
 	bash cross/size.sh $(CROSS_TARGETS)
+
+# The OpenWrt package Makefile (cross/openwrt/atorrent) against a stand-in OpenWrt tree.
+openwrt-check:
+	bash cross/openwrt/check.sh mipsel

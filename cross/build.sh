@@ -44,6 +44,9 @@ case "$target" in
     # cargo-zigbuild finds zig with `python3 -m ziglang`, so the venv's python must come first.
     export PATH="$PWD/.venv-zig/bin:$PATH"
     export RUSTC_BOOTSTRAP=1
+    # zig compiles musl and libunwind per target into its global cache (~60 MB each, minutes
+    # cold): pin it to one stable place so CI can keep it between runs.
+    export ZIG_GLOBAL_CACHE_DIR="${ZIG_GLOBAL_CACHE_DIR:-$HOME/.cache/zig}"
     if [ "$cmd" = test ]; then
       # Tests unwind: build all of std (no panic_abort list), and use cargo-zigbuild's own
       # binary (`cargo zigbuild test` is not a subcommand).
