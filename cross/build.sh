@@ -51,6 +51,13 @@ case "$target" in
       # Tests unwind: build all of std (no panic_abort list), and use cargo-zigbuild's own
       # binary (`cargo zigbuild test` is not a subcommand).
       run cargo-zigbuild test --target "$target" -Zbuild-std "$@"
+    elif [[ " $* " == *" --release "* ]]; then
+      # Release artefacts: panic=immediate-abort drops std's panic formatting and unwinding
+      # machinery (about half the binary on MIPS). A panic then ends the process without a
+      # message; atorrent does not panic on input (parsers are fuzzed and return errors).
+      # Never used for tests, which need unwinding.
+      run cargo zigbuild --target "$target" -Zbuild-std=std,panic_abort \
+        --config "target.${target}.rustflags=[\"-Zunstable-options\", \"-Cpanic=immediate-abort\"]" "$@"
     else
       run cargo zigbuild --target "$target" -Zbuild-std=std,panic_abort "$@"
     fi
