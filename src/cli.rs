@@ -110,13 +110,16 @@ pub struct StartArgs {
 }
 
 /// `atorrent limit`: change rate limits of the daemon or of one torrent.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct LimitArgs {
     /// `None`: the global limits.
     pub id: Option<String>,
     /// Same encoding as [`DownloadArgs::down`]; at least one of `down`/`up` is `Some`.
     pub down: Option<Option<u64>>,
     pub up: Option<Option<u64>>,
+    /// Seeding limits (`--ratio R`, `--seed-time T`); 0 means unlimited.
+    pub ratio: Option<f64>,
+    pub seed_time: Option<u64>,
 }
 
 /// The subcommand. `ID` strings are validated: 1 to 40 hex digits (a small decimal
@@ -210,6 +213,8 @@ struct Raw {
     print_config: bool,
     paused: bool,
     delete_data: bool,
+    ratio: Option<f64>,
+    seed_time: Option<u64>,
     positional: Vec<OsString>,
 }
 
@@ -451,6 +456,17 @@ fn command_flag(
         }
         ("download" | "limit", "down") => raw.down = Some(typed_value(p, cmd, flag, parse_rate)?),
         ("download" | "limit", "up") => raw.up = Some(typed_value(p, cmd, flag, parse_rate)?),
+        ("limit", "ratio") => {
+            raw.ratio = Some(typed_value(p, cmd, flag, |s| match s.parse::<f64>() {
+                Ok(r) if r.is_finite() && (0.0..=10_000.0).contains(&r) => Ok(r),
+                _ => Err(format!(
+                    "expected a ratio like 2.0 (0 = unlimited), got '{s}'"
+                )),
+            })?)
+        }
+        ("limit", "seed-time") => {
+            raw.seed_time = Some(typed_value(p, cmd, flag, crate::config::parse_duration)?)
+        }
         ("download", "no-dht") => raw.no_dht = true,
         ("download" | "create", "tracker") => {
             let s = typed_value(p, cmd, flag, |s| {
@@ -625,7 +641,11 @@ fn build_command(cmd: &'static str, raw: Raw) -> Result<Command, UsageError> {
                 Some(v) => Some(id(cmd, v)?),
                 None => None,
             };
-            if raw.down.is_none() && raw.up.is_none() {
+            if raw.down.is_none()
+                && raw.up.is_none()
+                && raw.ratio.is_none()
+                && raw.seed_time.is_none()
+            {
                 return Err(UsageError(
                     "limit: missing --down RATE and/or --up RATE".to_string(),
                 ));
@@ -634,6 +654,8 @@ fn build_command(cmd: &'static str, raw: Raw) -> Result<Command, UsageError> {
                 id,
                 down: raw.down,
                 up: raw.up,
+                ratio: raw.ratio,
+                seed_time: raw.seed_time,
             })
         }
         _ => {
@@ -1048,14 +1070,16 @@ const HELP_LIMIT: &str = "\
 atorrent limit - change rate limits
 
 USAGE:
-    atorrent limit [ID] [--down RATE] [--up RATE]
+    atorrent limit [ID] [--down RATE] [--up RATE] [--ratio R] [--seed-time T]
 
 Without ID, changes the daemon's global limits; with ID, that torrent's limits.
-At least one of --down and --up is required.
+At least one flag is required.
 
 FLAGS:
     --down RATE             download limit in bytes/s, e.g. 2M; 0/off = unlimited
     --up RATE               upload limit in bytes/s, e.g. 512K; 0/off = unlimited
+    --ratio R               stop seeding once uploaded/size reaches R, e.g. 2.0; 0 = never
+    --seed-time T           stop seeding after T, e.g. 90m, 2h, 1d; 0 = never
 
 RATE is a number with optional binary suffix K, M or G (1K = 1024): 512K, 2M, 1.5M, 100000.
 ";
@@ -1314,7 +1338,8 @@ mod tests {
             Command::Limit(LimitArgs {
                 id: None,
                 down: Some(Some(1 << 20)),
-                up: None
+                up: None,
+                ..Default::default()
             })
         );
         assert_eq!(
@@ -1322,7 +1347,8 @@ mod tests {
             Command::Limit(LimitArgs {
                 id: Some("4".to_string()),
                 down: None,
-                up: Some(None)
+                up: Some(None),
+                ..Default::default()
             })
         );
     }

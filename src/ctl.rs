@@ -68,6 +68,10 @@ pub enum Request {
         id: Option<String>,
         down: Option<Option<u64>>,
         up: Option<Option<u64>>,
+        /// Seeding limits: stop at this upload/size ratio, or after this many seconds (0 =
+        /// unlimited); `None` leaves them unchanged.
+        ratio: Option<f64>,
+        seed_time: Option<u64>,
     },
 }
 
@@ -242,8 +246,22 @@ pub fn encode_request(e: &Envelope) -> String {
         }
         Request::Stats => push_token(&mut s, "stats"),
         Request::Shutdown => push_token(&mut s, "shutdown"),
-        Request::Limit { id, down, up } => {
+        Request::Limit {
+            id,
+            down,
+            up,
+            ratio,
+            seed_time,
+        } => {
             push_token(&mut s, "limit");
+            if let Some(r) = ratio {
+                push_token(&mut s, "--ratio");
+                push_token(&mut s, &format!("{r}"));
+            }
+            if let Some(t) = seed_time {
+                push_token(&mut s, "--seed-time");
+                push_token(&mut s, &t.to_string());
+            }
             if let Some(id) = id {
                 push_token(&mut s, "--id");
                 push_token(&mut s, id);
@@ -415,8 +433,23 @@ pub fn parse_request(line: &[u8]) -> Result<Envelope, CtlError> {
         }
         "limit" => {
             let (mut id, mut down, mut up) = (None, None, None);
+            let (mut ratio, mut seed_time) = (None, None);
             while let Some(f) = a.flag() {
                 match f.as_str() {
+                    "--ratio" => {
+                        let v = a.value("ratio after --ratio")?;
+                        let r = v
+                            .parse::<f64>()
+                            .ok()
+                            .filter(|r| r.is_finite() && *r >= 0.0)
+                            .ok_or_else(|| CtlError::BadRate(v.clone()))?;
+                        set_once(&mut ratio, r, "--ratio")?;
+                    }
+                    "--seed-time" => {
+                        let v = a.value("seconds after --seed-time")?;
+                        let t = v.parse::<u64>().map_err(|_| CtlError::BadRate(v.clone()))?;
+                        set_once(&mut seed_time, t, "--seed-time")?;
+                    }
                     "--id" => {
                         let v = a.value("torrent ID after --id")?;
                         set_once(&mut id, v, "--id")?;
@@ -432,7 +465,13 @@ pub fn parse_request(line: &[u8]) -> Result<Envelope, CtlError> {
                     _ => return Err(a.unexpected(f)),
                 }
             }
-            Request::Limit { id, down, up }
+            Request::Limit {
+                id,
+                down,
+                up,
+                ratio,
+                seed_time,
+            }
         }
         _ => {
             a.finish()?;
@@ -1003,6 +1042,8 @@ mod tests {
                     id: Some(s.to_string()),
                     down: Some(None),
                     up: Some(Some(i as u64 * 1000)),
+                    ratio: Some(i as f64 / 4.0),
+                    seed_time: Some(i as u64 * 60),
                 },
             ));
         }
@@ -1016,6 +1057,8 @@ mod tests {
                     id: None,
                     down: None,
                     up: None,
+                    ratio: None,
+                    seed_time: None,
                 },
             ));
             v.push(env(
@@ -1024,6 +1067,8 @@ mod tests {
                     id: None,
                     down: Some(Some(u64::MAX)),
                     up: None,
+                    ratio: Some(0.0),
+                    seed_time: None,
                 },
             ));
         }

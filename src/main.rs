@@ -170,6 +170,8 @@ fn client(cmd: &Command, config: &Config, json: bool) -> ExitCode {
             id: l.id.clone(),
             down: l.down,
             up: l.up,
+            ratio: l.ratio,
+            seed_time: l.seed_time,
         },
         _ => return ExitCode::from(2),
     };

@@ -165,3 +165,66 @@ fn daemon_limit_command_sets_and_reports() {
     assert!(run(&w, cmd, secs(10)).status.success());
     assert!(d.wait_exit(&w, secs(20)).success());
 }
+
+/// Per-torrent seeding limit set at run time: the daemon seeds a torrent, `limit ID --ratio 1`
+/// applies to it alone, and once a downloader has taken a full copy the torrent stops seeding
+/// and says why in `status`.
+#[test]
+fn daemon_per_torrent_seed_ratio_stops_seeding() {
+    let w = Work::new("seed_ratio_daemon");
+    let listen = endpoint();
+    let dl_dir = w.mkdir("dl");
+    let src = dl_dir.join("pr.bin");
+    write_random_file(&src, 1_500_000, 41);
+    let t = w.path("pr.torrent");
+    lt_create(&w, &src, &t, &[], 32 * 1024);
+    let cfg = config(
+        &w,
+        "d.ini",
+        &format!(
+            "download_dir = {}\nstate_dir = {}\nlog_file = {}\nlisten_port = {}\nbind_address = {}\n",
+            dl_dir.display(),
+            w.path("state").display(),
+            w.path("d.log").display(),
+            listen.port(),
+            listen.ip()
+        ),
+    );
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(atorrent_bin());
+        cmd.arg("--config").arg(&cfg).args(args);
+        run(&w, cmd, secs(20))
+    };
+    let mut cmd = Command::new(atorrent_bin());
+    cmd.arg("--config").arg(&cfg).arg("daemon");
+    let mut d = Proc::spawn(&w, "daemon", cmd);
+    let end = Instant::now() + secs(20);
+    while !w.path("state/control.sock").exists() {
+        assert!(Instant::now() < end, "no control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(cli(&["start", t.to_str().unwrap()]).status.success());
+    let wait_state = |want: &str| {
+        let end = Instant::now() + secs(30);
+        loop {
+            let o = cli(&["status", "1"]);
+            if o.stdout.contains(&format!("state: {want}")) {
+                return o.stdout;
+            }
+            assert!(Instant::now() < end, "never {want}: {}", o.stdout);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_state("seeding");
+    let o = cli(&["limit", "1", "--ratio", "1"]);
+    assert!(o.status.success(), "{}", o.stderr);
+    let got = w.mkdir("got");
+    let peer = listen.to_string();
+    let mut p = atorrent_download(&w, "dl", &t, &got, endpoint(), &["--peer", &peer]);
+    p.expect_success(&w, secs(60));
+    assert_same_file(&src, &got.join("pr.bin"));
+    let s = wait_state("stopped");
+    assert!(s.contains("seeding stopped: ratio"), "{s}");
+    assert!(cli(&["shutdown"]).status.success());
+    assert!(d.wait_exit(&w, secs(20)).success());
+}

@@ -273,6 +273,8 @@ impl Engine {
             e.completed_at = r.completed_at;
             e.base_downloaded = r.downloaded;
             e.base_uploaded = r.uploaded;
+            e.seed_ratio = r.seed_ratio;
+            e.seed_time = r.seed_time;
             e.finished_reported = e.t.is_complete();
         }
         e.paused = paused || resume.as_ref().is_some_and(|r| r.stopped);
@@ -536,8 +538,8 @@ impl Engine {
             uploaded: e.base_uploaded + e.t.uploaded,
             added_at: e.added_at,
             completed_at: e.completed_at,
-            seed_ratio: None,
-            seed_time: None,
+            seed_ratio: e.seed_ratio,
+            seed_time: e.seed_time,
         }
     }
 
@@ -966,8 +968,20 @@ impl Engine {
                 self.begin_shutdown(now, Outcome::Interrupted);
                 ok("shutting down\n".into())
             }
-            Request::Limit { id: None, down, up } => {
+            Request::Limit {
+                id: None,
+                down,
+                up,
+                ratio,
+                seed_time,
+            } => {
                 self.set_global_limits(now, down, up);
+                if let Some(r) = ratio {
+                    self.opts.seed_ratio = r;
+                }
+                if let Some(t) = seed_time {
+                    self.opts.seed_time = t;
+                }
                 ok(format!(
                     "limits: down {} up {}\n",
                     crate::cli::format_rate(self.opts.down_limit),
@@ -978,9 +992,19 @@ impl Engine {
                 id: Some(id),
                 down,
                 up,
+                ratio,
+                seed_time,
             } => match self.find(&id) {
                 Ok(i) => {
                     let e = &mut self.torrents[i];
+                    if ratio.is_some() {
+                        e.seed_ratio = ratio;
+                        e.dirty = true;
+                    }
+                    if seed_time.is_some() {
+                        e.seed_time = seed_time;
+                        e.dirty = true;
+                    }
                     if let Some(d) = down {
                         e.down_bucket.set_rate(
                             now,
@@ -993,10 +1017,14 @@ impl Engine {
                             .set_rate(now, u, u.map_or(0, crate::ratelimit::default_burst));
                     }
                     ok(format!(
-                        "torrent {} limits: down {} up {}\n",
+                        "torrent {} limits: down {} up {} seed_ratio {} seed_time {}\n",
                         e.id,
                         crate::cli::format_rate(e.down_bucket.rate()),
-                        crate::cli::format_rate(e.up_bucket.rate())
+                        crate::cli::format_rate(e.up_bucket.rate()),
+                        e.seed_ratio
+                            .map_or("global".to_string(), |r| format!("{r}")),
+                        e.seed_time
+                            .map_or("global".to_string(), |t| format!("{t}s"))
                     ))
                 }
                 Err(e) => err(1, e),

@@ -181,6 +181,9 @@ struct Entry {
     seeding_since: Option<Instant>,
     /// Why the torrent stopped by itself (seeding limits), shown in `status`.
     note: Option<String>,
+    /// Per-torrent seeding limits (`atorrent limit ID --ratio/--seed-time`) over the global.
+    seed_ratio: Option<f64>,
+    seed_time: Option<u64>,
     /// A magnet link still fetching its metadata (BEP 9): peers talk to this instead of `t`,
     /// which is a placeholder until the info dictionary arrives.
     fetch: Option<Box<Fetch>>,
@@ -417,6 +420,8 @@ impl Engine {
             up_bucket: TokenBucket::unlimited(),
             seeding_since: None,
             note: None,
+            seed_ratio: None,
+            seed_time: None,
             fetch: None,
             select: None,
             dht_next: Instant::ZERO,
@@ -1378,6 +1383,8 @@ impl Engine {
                 continue;
             }
             let since = *e.seeding_since.get_or_insert(now);
+            let ratio_limit = e.seed_ratio.unwrap_or(ratio_limit);
+            let time_limit = e.seed_time.unwrap_or(time_limit);
             if ratio_limit <= 0.0 && time_limit == 0 {
                 continue;
             }
