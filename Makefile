@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint demo bench bench-ctl bench-crypto bench-limits setup cross cross-setup cross-test cross-unit cross-e2e size
+.PHONY: all build test lint demo bench bench-ctl bench-crypto bench-limits fuzz setup cross cross-setup cross-test cross-unit cross-e2e size
 
 all: build
 
@@ -38,6 +38,12 @@ bench-crypto:
 
 setup:
 	bash scripts/setup.sh
+
+# Every cargo-fuzz target under tests/fuzz for FUZZ_SECS (60) seconds each, one after another;
+# prints executions per target and fails on a crash. Needs `cargo install cargo-fuzz`.
+FUZZ_SECS ?= 60
+fuzz:
+	FUZZ_SECS=$(FUZZ_SECS) bash scripts/fuzz.sh
 
 # Static musl cross-builds (cross/): `make cross` builds every target, `make cross TARGET=t`
 # (or a quoted list) only those. cross-test runs the unit tests under qemu (armv7, mipsel, mips
