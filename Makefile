@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: all build test lint demo crash-test soak bench bench-ctl bench-crypto bench-limits bench-seeders \
+.PHONY: all build test lint demo fuzz crash-test soak bench bench-ctl bench-crypto bench-limits bench-seeders \
 	bench-files bench-seed bench-sha1 bench-idle bench-memory bench-io setup cross cross-setup cross-test \
 	cross-unit cross-e2e size openwrt-check
 
@@ -74,6 +74,12 @@ crash-test:
 # Churning loopback swarm for SOAK_SECS (default 1800) sampling the daemon's RSS and fds.
 soak:
 	bash scripts/soak.sh
+
+# Every cargo-fuzz target under tests/fuzz for FUZZ_SECS (60) seconds each, one after another;
+# prints executions per target and fails on a crash. Needs `cargo install cargo-fuzz`.
+FUZZ_SECS ?= 60
+fuzz:
+	FUZZ_SECS=$(FUZZ_SECS) bash scripts/fuzz.sh
 
 # Static musl cross-builds (cross/): `make cross` builds every target, `make cross TARGET=t`
 # (or a quoted list) only those. cross-test runs the unit tests under qemu (armv7, mipsel, mips

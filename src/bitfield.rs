@@ -91,6 +91,15 @@ impl Bitfield {
         }
     }
 
+    /// Empties the set and gives it `len` pieces, reusing its memory (no allocation when
+    /// the capacity suffices).
+    pub fn reset(&mut self, len: u32) {
+        self.bytes.clear();
+        self.bytes.resize(byte_len(len), 0);
+        self.len = len;
+        self.count = 0;
+    }
+
     /// A set holding all `len` pieces.
     pub fn full(len: u32) -> Bitfield {
         let mut b = Bitfield::new(len);

@@ -678,7 +678,9 @@ pub fn parse_str(text: &str, origin: &Path, base: Config) -> Result<Config, Conf
             });
         };
         let key = key.trim();
-        let value = strip_inline_comment(value).trim();
+        // Trim first: a value may itself start with `#` or `;` (only a marker after
+        // whitespace inside the value starts a comment), so `to_ini` output reads back.
+        let value = strip_inline_comment(value.trim()).trim();
         let Some(&(known, _)) = KEYS.iter().find(|(k, _)| *k == key) else {
             return Err(ConfigError::UnknownKey {
                 file,

@@ -24,6 +24,8 @@ use crate::picker::BlockRef;
 use crate::time::Instant;
 use crate::wire::{BlockRequest, Message};
 
+/// Initial send buffer: requests, haves and other control messages; grown for uploads.
+pub const TX_INITIAL: usize = 4096;
 /// Most requests we keep outstanding at one peer. Beyond a few hundred the gain is nil even on
 /// loopback, and each entry costs 16 bytes.
 pub const MAX_OUTSTANDING: usize = 384;
@@ -202,6 +204,8 @@ pub struct PeerConn {
     /// Whether the stream is encrypted (MSE selected RC4).
     pub encrypted: bool,
 
+    /// Size of `rx`, and the most `tx` may grow to.
+    pub buf_size: usize,
     pub rx: Vec<u8>,
     pub rx_len: usize,
     pub tx: Vec<u8>,
@@ -257,9 +261,12 @@ impl PeerConn {
             rc4_out: None,
             tx_crypted: 0,
             encrypted: false,
-            rx: vec![0; buf_size],
+            buf_size,
+            // Allocated when the slot first carries a connection (`reset`), so an idle pool
+            // costs nothing; once allocated, a slot keeps its buffers for later connections.
+            rx: Vec::new(),
             rx_len: 0,
-            tx: vec![0; buf_size],
+            tx: Vec::new(),
             tx_pos: 0,
             tx_len: 0,
         }
@@ -267,8 +274,17 @@ impl PeerConn {
 
     /// Prepares the slot for a new connection, keeping the buffers' memory.
     pub fn reset(&mut self, addr: SocketAddr, outgoing: bool, now: Instant) {
-        let rx = std::mem::take(&mut self.rx);
-        let tx = std::mem::take(&mut self.tx);
+        let buf_size = self.buf_size;
+        let mut rx = std::mem::take(&mut self.rx);
+        let mut tx = std::mem::take(&mut self.tx);
+        if rx.len() < buf_size {
+            rx = vec![0; buf_size];
+        }
+        if tx.is_empty() {
+            // Requests and control messages fit in a few KiB; `ensure_tx` grows it (up to
+            // `buf_size`) when the peer downloads from us.
+            tx = vec![0; TX_INITIAL.min(buf_size)];
+        }
         let mut outstanding = std::mem::take(&mut self.outstanding);
         let mut incoming = std::mem::take(&mut self.incoming);
         outstanding.clear();
@@ -289,7 +305,7 @@ impl PeerConn {
             incoming,
             rx,
             tx,
-            ..PeerConn::with_buffers(0)
+            ..PeerConn::with_buffers(buf_size)
         };
     }
 
@@ -321,8 +337,22 @@ impl PeerConn {
         self.tx.len() - self.tx_len
     }
 
+    /// Makes room for `need` more bytes in `tx` by growing it, never past `buf_size`.
+    pub fn ensure_tx(&mut self, need: usize) {
+        if self.tx_space() >= need || self.tx.len() >= self.buf_size {
+            return;
+        }
+        let want = (self.tx.len() * 2)
+            .max(self.tx_len + need)
+            .min(self.buf_size);
+        if want > self.tx.len() {
+            self.tx.resize(want, 0);
+        }
+    }
+
     /// Appends raw bytes; false (nothing written) when they do not fit.
     pub fn push_bytes(&mut self, b: &[u8]) -> bool {
+        self.ensure_tx(b.len());
         if self.tx_space() < b.len() {
             return false;
         }
@@ -334,6 +364,7 @@ impl PeerConn {
     /// Encodes a message into `tx`; false when it does not fit.
     pub fn push(&mut self, m: &Message<'_>) -> bool {
         let need = m.encoded_len();
+        self.ensure_tx(need);
         if self.tx_space() < need {
             return false;
         }
@@ -610,18 +641,29 @@ mod tests {
     }
 
     #[test]
-    fn reset_keeps_buffer_capacity() {
-        let mut p = PeerConn::with_buffers(128);
-        p.push_bytes(&[1; 10]);
-        p.reset(
-            SocketAddr::from(([127, 0, 0, 1], 1)),
-            true,
-            Instant::from_secs(3),
+    fn pool_slot_allocates_on_first_use_and_keeps_buffers() {
+        let mut p = PeerConn::with_buffers(64 * 1024);
+        assert!(
+            p.rx.is_empty() && p.tx.is_empty(),
+            "an unused slot costs no buffers"
         );
-        assert_eq!(p.tx.len(), 128);
-        assert_eq!(p.rx.len(), 128);
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        p.reset(a, true, Instant::from_secs(3));
+        assert_eq!(p.rx.len(), 64 * 1024);
+        assert_eq!(p.tx.len(), TX_INITIAL);
+        // An upload grows tx up to buf_size, never beyond.
+        assert!(p.push_bytes(&[1; 20_000]));
+        assert!(p.tx.len() >= 20_000 && p.tx.len() <= 64 * 1024);
+        assert!(!p.push_bytes(&[2; 60_000]));
+        let grown = p.tx.len();
+        p.reset(a, false, Instant::from_secs(4));
+        assert_eq!(
+            p.tx.len(),
+            grown,
+            "buffers are kept for the next connection"
+        );
         assert_eq!(p.tx_len, 0);
-        assert_eq!(p.phase, Phase::Connecting);
+        assert_eq!(p.phase, Phase::Handshake);
     }
 
     fn sa(s: &str) -> SocketAddr {

@@ -38,6 +38,8 @@ use crate::wire::{self, BlockRequest, Message, BLOCK_LEN};
 /// test machines reaches full disk speed (16 KiB writes run at about a seventh of it).
 pub const WINDOW_BLOCKS: u32 = 16;
 pub const CHUNK_LEN: usize = (WINDOW_BLOCKS * BLOCK_LEN) as usize;
+/// Peers remembered per piece as having sent blocks of it (for blame on a hash failure).
+const MAX_CONTRIBUTORS: usize = 8;
 /// Peer addresses remembered per torrent as connection candidates (from trackers, `--peer`,
 /// incoming connections). Bounded so a hostile tracker cannot grow it.
 pub const DEFAULT_MAX_CANDIDATES: usize = 500;
@@ -214,6 +216,8 @@ pub struct Torrent {
     cancels: Vec<BlockRef>,
     /// Peers banned since the engine last asked (`poll_banned`), to be closed at once.
     banned: Vec<SocketAddr>,
+    /// Finished partial-piece records kept for reuse.
+    spare_partials: Vec<Partial>,
     pick_buf: Vec<BlockRef>,
     already_buf: Vec<BlockRef>,
     choke_buf: Vec<(u32, bool)>,
@@ -281,6 +285,7 @@ impl Torrent {
             new_haves: Vec::new(),
             cancels: Vec::new(),
             banned: Vec::new(),
+            spare_partials: Vec::new(),
             pick_buf: Vec::new(),
             already_buf: Vec::new(),
             choke_buf: Vec::new(),
@@ -406,13 +411,14 @@ impl Torrent {
 
     /// Forgets all partly assembled pieces, returning their chunks (torrent stopped).
     pub fn release_partials(&mut self, bufs: &mut Buffers) {
-        for part in self.partials.drain(..) {
+        while let Some(part) = self.partials.pop() {
             for w in &part.windows {
                 if let Some(c) = w.chunk {
                     bufs.pool.release(c);
                 }
             }
             self.picker.abandon(part.piece);
+            self.spare_partials.push(part);
         }
         self.new_haves.clear();
         self.cancels.clear();
@@ -879,14 +885,29 @@ impl Torrent {
         }
         let blocks = self.picker.blocks_in_piece(piece);
         let nwin = blocks.div_ceil(WINDOW_BLOCKS) as usize;
-        self.partials.push(Partial {
-            piece,
-            received: Bitfield::new(blocks),
-            windows: vec![Window::default(); nwin],
-            hashed_windows: 0,
-            sha: Sha1::new(),
-            contributors: Vec::new(),
-        });
+        // Finished partials are recycled, so the steady state of a download allocates nothing
+        // per piece (see tests/alloc.rs).
+        let part = match self.spare_partials.pop() {
+            Some(mut p) => {
+                p.piece = piece;
+                p.received.reset(blocks);
+                p.windows.clear();
+                p.windows.resize(nwin, Window::default());
+                p.hashed_windows = 0;
+                p.sha = Sha1::new();
+                p.contributors.clear();
+                p
+            }
+            None => Partial {
+                piece,
+                received: Bitfield::new(blocks),
+                windows: vec![Window::default(); nwin],
+                hashed_windows: 0,
+                sha: Sha1::new(),
+                contributors: Vec::with_capacity(MAX_CONTRIBUTORS),
+            },
+        };
+        self.partials.push(part);
         self.partials.len() - 1
     }
 
@@ -917,7 +938,7 @@ impl Torrent {
                 return Ok(());
             }
             part.received.set(b.block);
-            if !part.contributors.contains(&from) && part.contributors.len() < 8 {
+            if !part.contributors.contains(&from) && part.contributors.len() < MAX_CONTRIBUTORS {
                 part.contributors.push(from);
             }
         }
@@ -1046,6 +1067,7 @@ impl Torrent {
                 }
             }
         }
+        self.spare_partials.push(part);
         Ok(())
     }
 
@@ -1203,6 +1225,7 @@ impl Torrent {
                 break;
             };
             let need = 13 + r.length as usize;
+            p.ensure_tx(need);
             if p.tx_space() < need {
                 break;
             }
@@ -1334,8 +1357,18 @@ impl Torrent {
 
 /// A stable key for a peer within one torrent, for the choker.
 fn slot_key(p: &PeerConn) -> u32 {
-    let h = crate::hash::sha1(p.addr.to_string().as_bytes());
-    u32::from_le_bytes([h[0], h[1], h[2], h[3]])
+    // FNV-1a over the address bytes and port: stable, cheap and allocation-free.
+    let mut h: u32 = 0x811c_9dc5;
+    let mut mix = |b: u8| {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    };
+    match p.addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.octets().iter().for_each(|&b| mix(b)),
+        std::net::IpAddr::V6(ip) => ip.octets().iter().for_each(|&b| mix(b)),
+    }
+    p.addr.port().to_be_bytes().iter().for_each(|&b| mix(b));
+    h
 }
 
 #[cfg(test)]

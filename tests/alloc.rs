@@ -275,26 +275,11 @@ impl Swarm {
     }
 }
 
-/// Allocations per block allowed today. TARGET: 0.
-///
-/// Measured (x86_64, 256 KiB pieces of 16 blocks): 96 allocations over 512 blocks = 0.1875 per
-/// block, i.e. exactly 3 per piece, all when a piece is first touched (ALLOC_TRACE=1):
-/// - `Torrent::partial_index`: `Bitfield::new(blocks)` for `Partial::received`;
-/// - `Torrent::partial_index`: `vec![Window::default(); nwin]` for `Partial::windows`;
-/// - `Torrent::store_block`: the first `Partial::contributors.push(from)`.
-///
-/// Removing them: keep a pool of `max_partials` `Partial`s allocated in `Torrent::new` (a
-/// free list; `received` and `windows` sized for the largest piece, `contributors` with a
-/// capacity of a few peers) and recycle a `Partial` when its piece is verified or dropped,
-/// clearing instead of freeing. The bound then drops to 0. Smaller pieces raise the figure per
-/// block (3 per piece either way).
-///
-/// Once a second, outside the per-block path (measured separately below, after a warm-up
-/// tick): `Torrent::tick` collects the established peers into a fresh
-/// `Vec<&mut PeerConn>` (1 allocation per torrent per tick), and on a rechoke `slot_key`
-/// formats the peer's address with `to_string()` to hash it (1 per peer per rechoke): hash
-/// the address bytes instead, and keep the list as indices in a reused buffer.
-const MAX_PER_BLOCK: f64 = 0.25;
+/// Allocations allowed per 16 KiB block once a download is warm: none. Partial-piece records
+/// are recycled (`Torrent::partial_index`), buffers belong to fixed pools, and the picker and
+/// peers reuse their scratch vectors. Once a second, outside the per-block path (measured
+/// separately below), `Torrent::tick` still collects the established peers into a fresh `Vec`.
+const MAX_PER_BLOCK: f64 = 0.0;
 
 /// Prints the traced allocation sites, most frequent first, and forgets them.
 fn print_sites() {
