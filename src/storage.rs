@@ -192,6 +192,10 @@ pub trait PieceStore {
         Ok(())
     }
 
+    /// Hints that a range was read once and need not stay in the page cache (data hashed by
+    /// reading it back). Best effort.
+    fn drop_cache(&mut self, _offset: u64, _len: usize) {}
+
     /// SHA-1 of piece `piece`, read back in `scratch`-sized chunks.
     fn hash_piece(
         &mut self,
@@ -491,6 +495,23 @@ impl Storage {
             self.write_span(i, file_off, &data[range])?;
         }
         Ok(())
+    }
+
+    /// `posix_fadvise(DONTNEED)` over a byte range of the torrent (keeps O_DIRECT downloads
+    /// out of the page cache when a spilled piece had to be read back for hashing).
+    pub fn drop_cache(&mut self, offset: u64, len: usize) {
+        if self.check_range(offset, len).is_err() {
+            return;
+        }
+        let mut spans = self.spans(offset, len);
+        while let Some((i, file_off, range)) = spans.next(&self.files) {
+            if self.files[i].pad {
+                continue;
+            }
+            if let Ok(f) = self.fd(i, Kind::Read) {
+                crate::sys::fadvise_dontneed(f, file_off, range.len() as u64);
+            }
+        }
     }
 
     pub fn read(&mut self, offset: u64, out: &mut [u8]) -> Result<(), StorageError> {
@@ -825,6 +846,10 @@ impl PieceStore for Storage {
 
     fn sync(&mut self) -> Result<(), StorageError> {
         self.sync_all()
+    }
+
+    fn drop_cache(&mut self, offset: u64, len: usize) {
+        Storage::drop_cache(self, offset, len)
     }
 }
 

@@ -475,6 +475,18 @@ pub fn notify_ready(pipe: Option<File>, result: Result<(), &str>) {
     }
 }
 
+/// `posix_fadvise(POSIX_FADV_DONTNEED)`: drop a file range from the page cache (best effort).
+pub fn fadvise_dontneed(file: &File, offset: u64, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: an advisory call on a descriptor we own; it has no memory effects. Offsets that
+    // do not fit off_t are skipped.
+    if let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) {
+        unsafe {
+            libc::posix_fadvise(file.as_raw_fd(), off, len, libc::POSIX_FADV_DONTNEED);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

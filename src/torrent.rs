@@ -952,7 +952,15 @@ impl Torrent {
         }
         match win.chunk {
             Some(c) => bufs.pool.get_mut(c)[in_win..in_win + data.len()].copy_from_slice(data),
-            None => self.store.write(offset, data).map_err(|e| e.to_string())?,
+            None => {
+                // No chunk free: write the block now, from the aligned scratch buffer so the
+                // store can still use O_DIRECT (the rx buffer is not aligned).
+                let n = data.len();
+                bufs.scratch[..n].copy_from_slice(data);
+                self.store
+                    .write(offset, &bufs.scratch[..n])
+                    .map_err(|e| e.to_string())?
+            }
         }
         win.received += 1;
         self.partials[pi].windows[w as usize] = win;
@@ -1018,6 +1026,7 @@ impl Torrent {
                         .read(woff, &mut bufs.scratch[..wlen])
                         .map_err(|e| e.to_string())?;
                     self.partials[pi].sha.update(&bufs.scratch[..wlen]);
+                    self.store.drop_cache(woff, wlen);
                 }
             }
         }
