@@ -53,6 +53,8 @@ pub const METADATA_SERVE_MAX_TX: usize = 2 * ext::METADATA_PIECE_LEN;
 /// Metadata pieces answered per connection beyond the dictionary's own count (twice over plus
 /// this slack); more requests are rejected, since an honest peer needs each piece once.
 pub const METADATA_SERVE_SLACK: u32 = 4;
+/// Largest ut_pex message accepted: 200 IPv6 and 200 IPv4 entries with flags, and slack.
+const MAX_PEX_PAYLOAD: usize = 8 * 1024;
 /// Incoming ut_pex messages closer together than this are ignored (BEP 11: at most one per
 /// minute; a little slack for timer jitter).
 pub const PEX_RX_MIN_INTERVAL: Duration = Duration::from_secs(45);
@@ -722,6 +724,15 @@ impl Torrent {
             },
             ext::OUR_UT_PEX_ID => {
                 if self.meta.private {
+                    return;
+                }
+                // BEP 11 senders list at most 50 added peers; a message much larger than a
+                // few hundred entries is a flood, not peer exchange.
+                if payload.len() > MAX_PEX_PAYLOAD {
+                    p.close(CloseReason::Protocol(format!(
+                        "ut_pex message of {} bytes (flood)",
+                        payload.len()
+                    )));
                     return;
                 }
                 if p.pex_rx_at

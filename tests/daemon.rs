@@ -115,6 +115,13 @@ fn two_torrents(w: &Work) -> (Vec<(PathBuf, PathBuf, String)>, Vec<Proc>, Tracke
     let tracker = Tracker::start(w, taddr, &refs);
     let mut seeds = Vec::new();
     for (i, (t, src, _)) in out.iter().enumerate() {
+        // The first seeder is slow (about 3 s for its file), so the second torrent has to wait
+        // in the download queue.
+        let extra: &[&str] = if i == 0 {
+            &["--upload-limit", "1000000"]
+        } else {
+            &[]
+        };
         let mut lt = lt_peer(
             w,
             &format!("lt-seed{i}"),
@@ -122,7 +129,7 @@ fn two_torrents(w: &Work) -> (Vec<(PathBuf, PathBuf, String)>, Vec<Proc>, Tracke
             t,
             src.parent().unwrap(),
             endpoint(),
-            &[],
+            extra,
         );
         lt.wait_line(w, "ready", secs(30));
         seeds.push(lt);
@@ -150,9 +157,11 @@ fn daemon_start_list_status_stop_resume_restart_remove() {
         again.stderr
     );
 
-    // With one download slot, one of the two waits as queued at first.
+    // With one download slot, the second waits as queued while the first downloads.
     let list = d.ok(&w, &["list"]);
     assert!(list.lines().count() >= 3, "{list}");
+    let queued = d.wait_state(&w, "2", "queued", secs(10));
+    assert!(queued.contains("file2.bin"), "{queued}");
 
     d.wait_state(&w, "1", "seeding", secs(60));
     d.wait_state(&w, "2", "seeding", secs(60));

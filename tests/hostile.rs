@@ -904,3 +904,118 @@ fn seeder_frees_the_unchoke_slot_of_a_closed_peer() {
         );
     }
 }
+
+/// A handshake with the BEP 10 extension bit set.
+fn ext_handshake(info_hash: &[u8; 20], peer_id: &[u8; 20]) -> Vec<u8> {
+    let mut v = handshake(info_hash, peer_id, false);
+    v[20 + 5] |= 0x10;
+    v
+}
+
+/// A ut_pex message listing `n` peers on closed loopback ports (never anything off this host).
+fn pex_flood(n: u32) -> Vec<u8> {
+    let mut added = Vec::with_capacity(n as usize * 6);
+    for i in 0..n {
+        added.extend_from_slice(&[127, 255, (i >> 8) as u8, i as u8]);
+        added.extend_from_slice(&(1u16).to_be_bytes());
+    }
+    let mut payload = vec![2u8]; // atorrent's ut_pex id (ext::OUR_UT_PEX_ID)
+    payload.extend_from_slice(format!("d5:added{}:", added.len()).as_bytes());
+    payload.extend_from_slice(&added);
+    payload.push(b'e');
+    msg(20, &payload)
+}
+
+/// A peer sending a ut_pex flood (5,000 entries, far past BEP 11's 50) is dropped with a
+/// logged reason; the seeder keeps serving an honest downloader.
+#[test]
+fn seeder_drops_a_pex_flood() {
+    let mut s = Seeded::start("hostile_pex_flood");
+    let mut c = Conn::dial(s.addr);
+    c.send(&ext_handshake(&s.hash, &peer_id("PEXFLD"))).unwrap();
+    let h = c.read_handshake().expect("seeder's handshake");
+    assert_eq!(h, s.hash);
+    let mut hs = vec![0u8];
+    hs.extend_from_slice(b"d1:md6:ut_pexi1eee");
+    c.send(&msg(20, &hs)).unwrap();
+    c.send(&pex_flood(5000)).unwrap();
+    let addr = c.local();
+    c.expect_dropped("pex flood", secs(5));
+    expect_closed_log(&s.w, &mut s.seed, addr, "ut_pex message");
+    assert!(rss_kib(&s.seed) < 64 * 1024, "seeder memory grew");
+    s.honest_download("dl");
+}
+
+/// A magnet download given a peer whose extended handshake claims a 2 GiB info dictionary:
+/// that peer is dropped (it is not asked for metadata), and the honest peer next to it
+/// delivers the metadata and the data.
+#[test]
+fn magnet_download_drops_a_peer_claiming_a_2gib_info_dict() {
+    let w = Work::with_limit("hostile_metadata_size", CASE_LIMIT);
+    let seed_dir = w.mkdir("seed");
+    let src = seed_dir.join("data.bin");
+    write_random_file(&src, FILE_LEN, 9);
+    let torrent = w.path("data.torrent");
+    create_torrent(&w, &src, &torrent);
+    let honest = endpoint();
+    let mut seed = atorrent_download(
+        &w,
+        "seed",
+        &torrent,
+        &seed_dir,
+        honest,
+        &["--seed", "--no-dht"],
+    );
+    let line = seed.wait_line(&w, "seeding ", secs(20));
+    let hex = line
+        .split_whitespace()
+        .nth(1)
+        .expect("seeding <hash>")
+        .to_string();
+    let hash = parse_hash(&hex);
+
+    // The hostile peer: accepts one connection, answers the handshake, claims 2 GiB.
+    let hostile = endpoint();
+    let listener = std::net::TcpListener::bind(hostile).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok((s, _)) = listener.accept() else {
+            return;
+        };
+        let mut c = Conn::wrap(s);
+        let _ = c.read_exact_within(68, Duration::from_secs(10));
+        let _ = c.send(&ext_handshake(&hash, &peer_id("BIGMET")));
+        let mut hs = vec![0u8];
+        hs.extend_from_slice(b"d1:md11:ut_metadatai3ee13:metadata_sizei2147483648ee");
+        let _ = c.send(&msg(20, &hs));
+        let dropped = c.expect_dropped("2 GiB metadata_size", Duration::from_secs(10));
+        let _ = tx.send(dropped);
+    });
+
+    let magnet = format!("magnet:?xt=urn:btih:{hex}&x.pe={hostile}&x.pe={honest}");
+    let dl = w.mkdir("dl");
+    let me = endpoint();
+    let mut p = atorrent(
+        &w,
+        "dl",
+        &[
+            "download",
+            &magnet,
+            "--dir",
+            dl.to_str().unwrap(),
+            "--bind",
+            &me.ip().to_string(),
+            "--no-dht",
+            "-v",
+        ],
+    );
+    p.expect_success(&w, secs(40));
+    assert_same_file(&src, &dl.join("data.bin"));
+    let dropped = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the hostile peer was never dropped");
+    assert!(
+        dropped < Duration::from_secs(10),
+        "dropped only after {dropped:?}"
+    );
+}
