@@ -3,7 +3,6 @@
 //! nodes the test starts.
 
 use std::fs;
-use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -131,48 +130,6 @@ fn magnet_metadata_from_a_transmission_seeder() {
     assert_same_file(&src, &dl.join("tr.bin"));
 }
 
-fn lt_dht(w: &Work, n: usize) -> (Vec<Proc>, Vec<SocketAddrV4>) {
-    let mut procs = Vec::new();
-    let mut addrs: Vec<SocketAddrV4> = Vec::new();
-    for i in 0..n {
-        let a = endpoint();
-        let boot = addrs
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut args = vec!["--timeout", "150"];
-        if !boot.is_empty() {
-            args.push("--dht-bootstrap");
-            args.push(&boot);
-        }
-        let empty = PathBuf::new();
-        let mut p = lt_peer(w, &format!("dht{i}"), "dht-node", &empty, &empty, a, &args);
-        p.wait_line(w, "ready", secs(30));
-        procs.push(p);
-        addrs.push(a);
-    }
-    (procs, addrs)
-}
-
-fn dht_config(w: &Work, name: &str, boot: &[SocketAddrV4], ip: std::net::Ipv4Addr) -> String {
-    let cfg = w.path(name);
-    let nodes = boot
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    fs::write(
-        &cfg,
-        format!(
-            "enable_dht = true\ndht_bootstrap = {nodes}\ndht_port = {}\nenable_ipv6 = false\nlog_level = debug\n",
-            free_port(ip)
-        ),
-    )
-    .unwrap();
-    cfg.to_str().unwrap().to_string()
-}
-
 /// A bare magnet (no tracker, no peers): the DHT finds the libtorrent seeder, the metadata
 /// comes over ut_metadata, then the download.
 #[test]
@@ -196,7 +153,8 @@ fn dht_only_magnet_from_libtorrent() {
     );
     lt.wait_line(&w, "ready", secs(40));
     let me = endpoint();
-    let cfg = dht_config(&w, "dl.ini", &boot, *me.ip());
+    let cfg = dht_config(&w, "dl.ini", &boot, me);
+    let cfg = cfg.to_str().unwrap().to_string();
     let dl = w.mkdir("dl");
     let magnet = format!("magnet:?xt=urn:btih:{hash}");
     let start = Instant::now();
@@ -234,7 +192,8 @@ fn libtorrent_fetches_a_magnet_from_atorrent() {
         .join(",");
     let (src, t, hash) = seeded_file(&w, "serve.bin", 1_300_021, 34, &[]);
     let me = endpoint();
-    let cfg = dht_config(&w, "seed.ini", &boot, *me.ip());
+    let cfg = dht_config(&w, "seed.ini", &boot, me);
+    let cfg = cfg.to_str().unwrap().to_string();
     let mut seed = atorrent_download(
         &w,
         "atorrent-seed",

@@ -2,9 +2,7 @@
 //! multitracker tiers (BEP 12), and the DHT (BEP 5) against a small loopback DHT of libtorrent
 //! nodes. Every DHT here is bootstrapped only to loopback nodes the test starts.
 
-use std::fs;
-use std::net::SocketAddrV4;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::common::*;
@@ -88,50 +86,6 @@ fn dead_first_tier_falls_through_to_the_second() {
         log.contains(&format!("tracker {dead}")),
         "the dead tier was never tried"
     );
-}
-
-/// Three bare libtorrent DHT nodes, each bootstrapped to the previous ones.
-fn lt_dht(w: &Work, n: usize) -> (Vec<Proc>, Vec<SocketAddrV4>) {
-    let mut procs = Vec::new();
-    let mut addrs: Vec<SocketAddrV4> = Vec::new();
-    for i in 0..n {
-        let a = endpoint();
-        let boot = addrs
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut args = vec!["--timeout", "150"];
-        if !boot.is_empty() {
-            args.push("--dht-bootstrap");
-            args.push(&boot);
-        }
-        let empty = PathBuf::new();
-        let mut p = lt_peer(w, &format!("dht{i}"), "dht-node", &empty, &empty, a, &args);
-        p.wait_line(w, "ready", secs(30));
-        procs.push(p);
-        addrs.push(a);
-    }
-    (procs, addrs)
-}
-
-fn dht_config(w: &Work, name: &str, boot: &[SocketAddrV4], bind: SocketAddrV4) -> PathBuf {
-    let cfg = w.path(name);
-    let nodes = boot
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let dht_port = free_port(*bind.ip());
-    fs::write(
-        &cfg,
-        format!(
-            "enable_dht = true\ndht_bootstrap = {nodes}\ndht_port = {dht_port}\nenable_ipv6 = false\n\
-             log_level = debug\n"
-        ),
-    )
-    .unwrap();
-    cfg
 }
 
 /// A trackerless .torrent: atorrent finds the libtorrent seeder through the DHT alone.

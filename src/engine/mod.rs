@@ -156,6 +156,27 @@ struct TrackerConn {
     redirects: u32,
 }
 
+impl TrackerConn {
+    /// A tracker exchange (announce, or scrape with `scrape`) not yet resolved or connected.
+    fn new(torrent: usize, job: Job, url: Url, scrape: bool, now: Instant) -> TrackerConn {
+        TrackerConn {
+            torrent,
+            job,
+            url,
+            stream: None,
+            dns_id: None,
+            dns_qtype: dns::QType::A,
+            req: Vec::new(),
+            sent: 0,
+            resp: Vec::new(),
+            deadline: now + TRACKER_TIMEOUT,
+            redirects: 0,
+            udp: None,
+            scrape,
+        }
+    }
+}
+
 struct Entry {
     /// Stable small integer shown to users (daemon); 1 in `download`.
     id: u32,
@@ -1913,22 +1934,10 @@ impl Engine {
                 return;
             }
         };
-        let conn = TrackerConn {
-            torrent: ti,
-            job,
-            url,
-            stream: None,
-            dns_id: None,
-            dns_qtype: dns::QType::A,
-            req: Vec::new(),
-            sent: 0,
-            resp: Vec::new(),
-            deadline: now + TRACKER_TIMEOUT,
-            redirects: 0,
-            udp: None,
-            scrape: false,
-        };
-        let Some(h) = self.trackers.insert(conn) else {
+        let Some(h) = self
+            .trackers
+            .insert(TrackerConn::new(ti, job, url, false, now))
+        else {
             return;
         };
         self.tracker_begin(h, now);
@@ -1949,22 +1958,10 @@ impl Engine {
         if url.scheme == Scheme::Http && tracker::scrape_url(&url).is_none() {
             return;
         }
-        let conn = TrackerConn {
-            torrent: ti,
-            job,
-            url,
-            stream: None,
-            dns_id: None,
-            dns_qtype: dns::QType::A,
-            req: Vec::new(),
-            sent: 0,
-            resp: Vec::new(),
-            deadline: now + TRACKER_TIMEOUT,
-            redirects: 0,
-            udp: None,
-            scrape: true,
-        };
-        if let Some(h) = self.trackers.insert(conn) {
+        if let Some(h) = self
+            .trackers
+            .insert(TrackerConn::new(ti, job, url, true, now))
+        {
             self.tracker_begin(h, now);
         }
     }

@@ -1037,3 +1037,52 @@ pub fn atorrent_config(work: &Work, name: &str, keys: &[(&str, &str)]) -> PathBu
     fs::write(&path, text).expect("write atorrent config");
     path
 }
+
+// ---------------------------------------------------------------------------------------------
+// Loopback DHTs
+
+/// `n` bare libtorrent DHT nodes, each bootstrapped to the previous ones (loopback only).
+pub fn lt_dht(w: &Work, n: usize) -> (Vec<Proc>, Vec<SocketAddrV4>) {
+    let mut procs = Vec::new();
+    let mut addrs: Vec<SocketAddrV4> = Vec::new();
+    for i in 0..n {
+        let a = endpoint();
+        let boot = addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args = vec!["--timeout", "150"];
+        if !boot.is_empty() {
+            args.push("--dht-bootstrap");
+            args.push(&boot);
+        }
+        let empty = PathBuf::new();
+        let mut p = lt_peer(w, &format!("dht{i}"), "dht-node", &empty, &empty, a, &args);
+        p.wait_line(w, "ready", secs(30));
+        procs.push(p);
+        addrs.push(a);
+    }
+    (procs, addrs)
+}
+
+/// A config for an atorrent that uses the DHT: the given loopback bootstrap nodes, a free
+/// UDP port on `bind`'s address, debug logging.
+pub fn dht_config(w: &Work, name: &str, boot: &[SocketAddrV4], bind: SocketAddrV4) -> PathBuf {
+    let cfg = w.path(name);
+    let nodes = boot
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dht_port = free_port(*bind.ip());
+    fs::write(
+        &cfg,
+        format!(
+            "enable_dht = true\ndht_bootstrap = {nodes}\ndht_port = {dht_port}\nenable_ipv6 = false\n\
+             log_level = debug\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
