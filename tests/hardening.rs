@@ -1140,8 +1140,8 @@ fn disk_download_dir_vanishes_mid_run() {
         thread::sleep(Duration::from_millis(100));
     }
     fs::remove_dir_all(&vdir).unwrap();
-    // Acceptable: `error` naming the problem, or a completed download whose bytes are on disk
-    // (recreated and fetched again). Not acceptable: `seeding` with no data behind it.
+    // The daemon looks at active torrents' directories every 2 s: the torrent must go to
+    // `error` naming the directory well before the download could finish (8 MiB at 1 MB/s).
     let end = Instant::now() + secs(30);
     let verdict = loop {
         let s = d.status(&w, "1");
@@ -1154,19 +1154,14 @@ fn disk_download_dir_vanishes_mid_run() {
             );
             break format!("error at {}%: {s}", percent_of(&s));
         }
-        if st.contains("seeding") {
-            let f = vdir.join("v.bin");
-            assert!(
-                f.exists(),
-                "torrent reports seeding but {} does not exist (data written to unlinked \
-                 files?): {s}\nlog:\n{}",
-                f.display(),
-                d.log_tail(&w)
-            );
-            assert_same_file(&torrents[0].1, &f);
-            break format!("completed again: {s}");
-        }
-        assert!(Instant::now() < end, "neither error nor complete: {s}");
+        assert!(
+            !st.contains("seeding"),
+            "the vanished directory went unnoticed until completion: {s}"
+        );
+        assert!(
+            Instant::now() < end,
+            "no error after the directory vanished: {s}"
+        );
         thread::sleep(Duration::from_millis(200));
     };
     eprintln!("vanish: {verdict}");

@@ -45,6 +45,7 @@ pub const MAX_TORRENTS: usize = 10_000;
 const RESUME_INTERVAL: Duration = Duration::from_secs(60);
 const STATS_INTERVAL: Duration = Duration::from_secs(60);
 const WATCH_INTERVAL: Duration = Duration::from_secs(5);
+const DIR_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// Bytes verified per loop turn while checking, so the control socket stays responsive.
 pub(super) const CHECK_BUDGET: u64 = 4 << 20;
 
@@ -81,6 +82,7 @@ pub(super) struct DaemonState {
     started_at: Instant,
     last_stats: Instant,
     last_watch: Instant,
+    last_dir_check: Instant,
     uid: u32,
 }
 
@@ -166,6 +168,7 @@ fn start_daemon(
         started_at: now,
         last_stats: now,
         last_watch: now,
+        last_dir_check: now,
         uid: crate::sys::getuid(),
     });
     engine.load_saved_torrents();
@@ -600,6 +603,7 @@ impl Engine {
         }
         self.save_all(false);
         self.schedule();
+        self.check_dirs(now);
         let due = self.daemon.as_ref().is_some_and(|d| {
             d.config.watch_dir.is_some() && now.since(d.last_watch) >= WATCH_INTERVAL
         });
@@ -619,6 +623,33 @@ impl Engine {
             .unwrap_or_default();
         for h in late {
             self.ctl_close(h);
+        }
+    }
+
+    /// A download directory that disappears under an active torrent (unmounted USB disk,
+    /// deleted by hand) stops it with an error at once; writes would otherwise go to unlinked
+    /// files until the end. Looked at every few seconds (one stat per active torrent).
+    fn check_dirs(&mut self, now: Instant) {
+        let Some(d) = self.daemon.as_mut() else {
+            return;
+        };
+        if now.since(d.last_dir_check) < DIR_CHECK_INTERVAL {
+            return;
+        }
+        d.last_dir_check = now;
+        let gone: Vec<usize> = (0..self.torrents.len())
+            .filter(|&i| {
+                let e = &self.torrents[i];
+                matches!(e.t.state, State::Downloading | State::Seeding) && !e.dir.is_dir()
+            })
+            .collect();
+        for i in gone {
+            let msg = format!(
+                "download directory {} vanished",
+                self.torrents[i].dir.display()
+            );
+            warn!("daemon: torrent {}: {msg}", self.torrents[i].id);
+            self.deactivate(i, State::Error(msg), now);
         }
     }
 
