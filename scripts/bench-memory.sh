@@ -21,10 +21,11 @@ SMALL_MB=${BENCH_SMALL_MB:-64}
 BIG_MB=${BENCH_BIG_MB:-4096}
 PEERS=${BENCH_PEERS:-50}
 PIECE_LENGTH=${BENCH_PIECE_LENGTH:-}
-BIN=$PWD/target/release/atorrent
+# BENCH_BIN: measure another build, e.g. the static musl one from `make cross` (what routers run).
+BIN=${BENCH_BIN:-$PWD/target/release/atorrent}
 DL_IP=127.0.2.1
 
-if [ ! -x "$BIN" ] || [ -n "$(find src Cargo.toml -newer "$BIN" -print -quit)" ]; then
+if [ -z "${BENCH_BIN:-}" ] && { [ ! -x "$BIN" ] || [ -n "$(find src Cargo.toml -newer "$BIN" -print -quit)" ]; }; then
   echo "bench-memory: cargo build --release" >&2
   cargo build --release
 fi

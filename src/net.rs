@@ -43,9 +43,13 @@ pub fn connect(to: SocketAddr, bind: Option<IpAddr>) -> io::Result<mio::net::Tcp
     Ok(mio::net::TcpStream::from_std(s.into()))
 }
 
-/// A non-blocking UDP socket for DNS queries.
+/// A non-blocking UDP socket (DNS queries; the DHT and UDP trackers, one per address family).
 pub fn udp(bind: SocketAddr) -> io::Result<mio::net::UdpSocket> {
     let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if bind.is_ipv6() {
+        // IPv6 only, so an IPv4 socket can share the port (BEP 32 runs one DHT per family).
+        s.set_only_v6(true)?;
+    }
     s.set_nonblocking(true)?;
     s.bind(&bind.into())?;
     Ok(mio::net::UdpSocket::from_std(s.into()))

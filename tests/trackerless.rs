@@ -163,3 +163,80 @@ fn atorrent_announces_into_the_dht_for_libtorrent() {
     lt.wait_line(&w, "complete", secs(110));
     assert_same_file(&src, &dl.join("a.bin"));
 }
+
+/// BEP 32: the DHT over IPv6. Three atorrents on ::1 — a node serving an unrelated torrent, a
+/// seeder and a downloader — where the seeder and the downloader know only the node; the
+/// downloader finds the seeder through the IPv6 DHT (no tracker, no `--peer`).
+#[test]
+fn ipv6_dht_finds_the_seeder() {
+    if !have_ipv6_loopback() {
+        eprintln!("SKIPPED: no ::1 on this host");
+        return;
+    }
+    let w = Work::with_limit("dht_ipv6", secs(120));
+    let write = |name: &str, boot: &str, dht_port: u16| {
+        let p = w.path(name);
+        std::fs::write(
+            &p,
+            format!(
+                "enable_dht = true\ndht_bootstrap = {boot}\ndht_port = {dht_port}\nenable_ipv6 = true\n\
+                 log_level = debug\n"
+            ),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let free_udp6 = || {
+        std::net::UdpSocket::bind("[::1]:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    // The node: seeds something else, answers DHT queries on [::1]:node_port.
+    let other_dir = w.mkdir("other");
+    write_random_file(&other_dir.join("o.bin"), 100_000, 51);
+    let other_t = w.path("o.torrent");
+    lt_create(&w, &other_dir.join("o.bin"), &other_t, &[], 16 * 1024);
+    let node_port = free_udp6();
+    let node_cfg = write("node.ini", "[::1]:1", node_port);
+    let mut node = atorrent_download_at(
+        &w,
+        "node",
+        &other_t,
+        &other_dir,
+        endpoint6(),
+        &["--seed", "--dht", "--config", &node_cfg],
+    );
+    node.wait_line(&w, "seeding ", secs(20));
+    let boot = format!("[::1]:{node_port}");
+
+    let seed_dir = w.mkdir("seed");
+    let src = seed_dir.join("v6.bin");
+    write_random_file(&src, 1_000_003, 52);
+    let t = w.path("v6.torrent");
+    lt_create(&w, &src, &t, &[], 32 * 1024);
+    let seed_cfg = write("seed.ini", &boot, free_udp6());
+    let mut seed = atorrent_download_at(
+        &w,
+        "seed",
+        &t,
+        &seed_dir,
+        endpoint6(),
+        &["--seed", "--dht", "--config", &seed_cfg],
+    );
+    seed.wait_line(&w, "seeding ", secs(20));
+
+    let dl = w.mkdir("dl");
+    let dl_cfg = write("dl.ini", &boot, free_udp6());
+    let mut p = atorrent_download_at(
+        &w,
+        "dl",
+        &t,
+        &dl,
+        endpoint6(),
+        &["--dht", "--config", &dl_cfg],
+    );
+    p.expect_success(&w, secs(90));
+    assert_same_file(&src, &dl.join("v6.bin"));
+}

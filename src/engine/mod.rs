@@ -232,7 +232,8 @@ pub struct Engine {
     resolvers: Vec<SocketAddr>,
     dns_next_id: u16,
     torrents: Vec<Entry>,
-    udp_main: Option<UdpSocket>,
+    /// The shared DHT/UDP-tracker sockets: [IPv4, IPv6].
+    udp_main: [Option<UdpSocket>; 2],
     udp_cache: ConnCache,
     dht: Option<Dht>,
     down: Limiter,
@@ -314,7 +315,7 @@ impl Engine {
             resolvers: Vec::new(),
             dns_next_id: (rng.next_u32() & 0xffff) as u16,
             torrents: Vec::new(),
-            udp_main: None,
+            udp_main: [None, None],
             udp_cache: ConnCache::new(),
             dht: None,
             down: Limiter::new(opts.down_limit),
@@ -520,7 +521,7 @@ impl Engine {
                         self.tracker_io(h, now);
                     }
                     KIND_UDP => self.udp_readable(now),
-                    KIND_UDP_MAIN => self.udp_main_readable(now),
+                    KIND_UDP_MAIN => self.udp_main_readable((index & 1) as usize, now),
                     KIND_SIGNAL => self.on_signal(now),
                     KIND_CTL_LISTENER => self.ctl_accept(now),
                     KIND_CTL => self.ctl_io(Handle { index, gen }, now),
@@ -1678,26 +1679,35 @@ impl Engine {
     // ----- UDP: DHT and UDP trackers -----
 
     fn setup_udp(&mut self) {
-        let ip = self.opts.bind.unwrap_or_else(|| net::unspecified(false));
-        let addr = SocketAddr::new(ip, self.opts.dht_port);
-        match net::udp(addr) {
-            Ok(mut s) => {
-                if self
-                    .poll
-                    .registry()
-                    .register(&mut s, Token(KIND_UDP_MAIN << 28), Interest::READABLE)
-                    .is_ok()
-                {
-                    info!(
-                        "net: udp on {}",
-                        s.local_addr().map(|a| a.to_string()).unwrap_or_default()
-                    );
-                    self.udp_main = Some(s);
+        let ips = match self.opts.bind {
+            Some(ip) => vec![ip],
+            None if self.opts.enable_ipv6 => vec![net::unspecified(false), net::unspecified(true)],
+            None => vec![net::unspecified(false)],
+        };
+        for ip in ips {
+            let fam = usize::from(ip.is_ipv6());
+            let addr = SocketAddr::new(ip, self.opts.dht_port);
+            match net::udp(addr) {
+                Ok(mut s) => {
+                    let tok = Token(KIND_UDP_MAIN << 28 | fam);
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut s, tok, Interest::READABLE)
+                        .is_ok()
+                    {
+                        info!(
+                            "net: udp on {}",
+                            s.local_addr().map(|a| a.to_string()).unwrap_or_default()
+                        );
+                        self.udp_main[fam] = Some(s);
+                    }
                 }
+                Err(e) if fam == 1 => info!("net: no IPv6 UDP socket ({e}); IPv4 only"),
+                Err(e) => warn!("net: no UDP socket on {addr} ({e}): no IPv4 DHT or UDP trackers"),
             }
-            Err(e) => warn!("net: no UDP socket on {addr} ({e}): no DHT or UDP trackers"),
         }
-        if self.opts.enable_dht && self.udp_main.is_some() {
+        if self.opts.enable_dht && self.udp_main.iter().any(Option::is_some) {
             let mut id = [0u8; 20];
             if crate::sys::getrandom(&mut id).is_err() {
                 self.rng.fill(&mut id);
@@ -1730,10 +1740,10 @@ impl Engine {
         }
     }
 
-    fn udp_main_readable(&mut self, now: Instant) {
+    fn udp_main_readable(&mut self, fam: usize, now: Instant) {
         let mut buf = [0u8; 2048];
         for _ in 0..UDP_READ_BUDGET {
-            let Some(s) = self.udp_main.as_ref() else {
+            let Some(s) = self.udp_main[fam].as_ref() else {
                 return;
             };
             let (n, from) = match s.recv_from(&mut buf) {
@@ -1756,7 +1766,7 @@ impl Engine {
     }
 
     fn udp_send(&mut self, to: SocketAddr, bytes: &[u8]) {
-        if let Some(s) = self.udp_main.as_ref() {
+        if let Some(s) = self.udp_main[usize::from(to.is_ipv6())].as_ref() {
             if let Err(e) = s.send_to(bytes, to) {
                 debug!("net: udp send to {to}: {e}");
             }
