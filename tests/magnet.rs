@@ -3,6 +3,7 @@
 //! nodes the test starts.
 
 use std::fs;
+use std::net::SocketAddrV4;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -82,9 +83,13 @@ fn magnet_via_tracker_from_libtorrent() {
 fn magnet_metadata_from_a_transmission_seeder() {
     require_tool("transmission-cli");
     let w = Work::new("magnet_transmission");
-    let (src, t, hash) = seeded_file(&w, "tr.bin", 1_500_011, 32, &[]);
-    // A seeding transmission-cli (no ratio limit), given to atorrent through the magnet's x.pe.
-    let taddr = endpoint();
+    let taddr = Tracker::reserve();
+    let url = Tracker::url_for(taddr);
+    let (src, t, hash) = seeded_file(&w, "tr.bin", 1_500_011, 32, std::slice::from_ref(&url));
+    let _tracker = Tracker::start(&w, taddr, &[&hash]);
+    // A seeding transmission-cli (no ratio limit) that announces to the tracker. It listens on
+    // every loopback address, since the tracker hands out the address its announce came from.
+    let tr_port = free_port(std::net::Ipv4Addr::LOCALHOST);
     let cfg = w.mkdir("tr-config");
     fs::write(
         cfg.join("settings.json"),
@@ -92,9 +97,8 @@ fn magnet_metadata_from_a_transmission_seeder() {
             r#"{{"dht-enabled": false, "lpd-enabled": false, "pex-enabled": false, "utp-enabled": false,
 "port-forwarding-enabled": false, "blocklist-enabled": false, "rpc-enabled": false,
 "ratio-limit-enabled": false, "idle-seeding-limit-enabled": false, "peer-port": {}, "peer-port-random-on-start": false,
-"bind-address-ipv4": "{}", "encryption": 1, "message-level": 2, "download-dir": "{}", "start-added-torrents": true}}"#,
-            taddr.port(),
-            taddr.ip(),
+"bind-address-ipv4": "0.0.0.0", "encryption": 1, "message-level": 2, "download-dir": "{}", "start-added-torrents": true}}"#,
+            tr_port,
             src.parent().unwrap().display()
         ),
     )
@@ -105,13 +109,22 @@ fn magnet_metadata_from_a_transmission_seeder() {
         .arg("-w")
         .arg(src.parent().unwrap())
         .arg("-p")
-        .arg(taddr.port().to_string())
+        .arg(tr_port.to_string())
         .arg(&t);
     let _tr = Proc::spawn(&w, "transmission", cmd);
-    wait_listening(&w, taddr, "transmission-cli", secs(20));
-    // Give transmission a moment to verify its data before it is asked for pieces.
-    std::thread::sleep(Duration::from_secs(2));
-    let magnet = format!("magnet:?xt=urn:btih:{hash}&x.pe={taddr}");
+    wait_listening(
+        &w,
+        SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, tr_port),
+        "transmission-cli",
+        secs(20),
+    );
+    // Give transmission a moment to verify its data and announce before atorrent asks.
+    std::thread::sleep(Duration::from_secs(3));
+    // Only the tracker: the metadata comes from whichever peer it names (transmission).
+    let magnet = format!(
+        "magnet:?xt=urn:btih:{hash}&tr={}",
+        url.replace(':', "%3A").replace('/', "%2F")
+    );
     let dl = w.mkdir("dl");
     let mut p = atorrent(
         &w,
