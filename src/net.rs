@@ -73,8 +73,10 @@ pub fn system_resolvers() -> Vec<SocketAddr> {
     v
 }
 
-/// Addresses for `name` in /etc/hosts.
+/// Addresses for `name` in /etc/hosts (or the file named by `ATORRENT_HOSTS_FILE`, which the
+/// tests use to give a tracker name both an IPv4 and an IPv6 address).
 pub fn hosts_lookup(name: &str) -> Vec<IpAddr> {
-    let text = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+    let path = std::env::var_os("ATORRENT_HOSTS_FILE").unwrap_or_else(|| "/etc/hosts".into());
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     crate::dns::lookup_hosts(&text, name)
 }

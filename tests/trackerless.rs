@@ -240,3 +240,81 @@ fn ipv6_dht_finds_the_seeder() {
     p.expect_success(&w, secs(90));
     assert_same_file(&src, &dl.join("v6.bin"));
 }
+
+/// BEP 7: a tracker whose name resolves to both 127.0.0.1 and ::1 (through a hosts file the
+/// test provides) gets an announce over each family from an atorrent listening on both.
+#[test]
+fn bep7_announces_over_both_address_families() {
+    if !have_ipv6_loopback() {
+        eprintln!("SKIPPED: no ::1 on this host");
+        return;
+    }
+    let w = Work::new("bep7");
+    let hosts = w.path("hosts");
+    std::fs::write(&hosts, "127.0.0.1 bep7-tracker\n::1 bep7-tracker\n").unwrap();
+    // A stub tracker on both families of one port, counting announces per family.
+    let l4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l4.local_addr().unwrap().port();
+    let l6 = std::net::TcpListener::bind(("::1", port)).expect("same port on ::1");
+    let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+    for (l, fam) in [(l4, "v4"), (l6, "v6")] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().take(8) {
+                let Ok(mut s) = s else { continue };
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap_or(0);
+                if String::from_utf8_lossy(&buf[..n]).starts_with("GET /announce") {
+                    let _ = tx.send(fam);
+                }
+                let body = b"d8:intervali1800e5:peers0:e";
+                let _ = write!(
+                    s,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(body);
+            }
+        });
+    }
+    let src_dir = w.mkdir("src");
+    let src = src_dir.join("b7.bin");
+    write_random_file(&src, 100_000, 53);
+    let t = w.path("b7.torrent");
+    lt_create(
+        &w,
+        &src,
+        &t,
+        &[format!("http://bep7-tracker:{port}/announce")],
+        16 * 1024,
+    );
+    // Listening on every address (no --bind), so on IPv4 and IPv6.
+    let me = endpoint();
+    let dl = w.mkdir("dl");
+    let mut cmd = std::process::Command::new(atorrent_bin());
+    cmd.env("ATORRENT_HOSTS_FILE", &hosts).args([
+        "download",
+        t.to_str().unwrap(),
+        "--dir",
+        dl.to_str().unwrap(),
+        "--port",
+        &me.port().to_string(),
+        "--no-dht",
+        "-v",
+    ]);
+    let mut p = Proc::spawn(&w, "atorrent", cmd);
+    let mut seen = std::collections::HashSet::new();
+    let end = std::time::Instant::now() + secs(20);
+    while seen.len() < 2 && std::time::Instant::now() < end {
+        if let Ok(f) = rx.recv_timeout(Duration::from_millis(200)) {
+            seen.insert(f);
+        }
+    }
+    let _ = p.terminate(secs(5));
+    assert!(
+        seen.contains("v4") && seen.contains("v6"),
+        "announces seen over: {seen:?}"
+    );
+}

@@ -144,6 +144,9 @@ struct TrackerConn {
     udp: Option<UdpAnnounce>,
     /// A scrape (BEP 48 / BEP 15) rather than an announce: only fills in seeder counts.
     scrape: bool,
+    /// BEP 7: the same announce over our other address family. Its peers are used, but the
+    /// announce schedule follows the primary exchange only.
+    secondary: bool,
     job: Job,
     url: Url,
     stream: Option<TcpStream>,
@@ -173,6 +176,7 @@ impl TrackerConn {
             redirects: 0,
             udp: None,
             scrape,
+            secondary: false,
         }
     }
 }
@@ -1994,13 +1998,50 @@ impl Engine {
             return;
         };
         let host = c.url.host.clone();
-        let ip = c
-            .url
-            .host_is_ip()
-            .or_else(|| net::hosts_lookup(&host).into_iter().next());
-        match ip {
-            Some(ip) => self.tracker_connect(h, ip, now),
+        let addrs = match c.url.host_is_ip() {
+            Some(ip) => vec![ip],
+            None => net::hosts_lookup(&host),
+        };
+        // BEP 7: announce over each address family we listen on that the tracker has; the
+        // primary exchange prefers IPv4.
+        let primary = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied();
+        match primary {
+            Some(ip) => {
+                if let Some(other) = addrs.iter().find(|a| a.is_ipv4() != ip.is_ipv4()).copied() {
+                    self.tracker_sibling(h, Some(other), now);
+                }
+                self.tracker_connect(h, ip, now)
+            }
             None => self.tracker_resolve(h, dns::QType::A, now),
+        }
+    }
+
+    /// Starts the BEP 7 announce over our other address family for exchange `h` (an announce,
+    /// not a scrape): to `ip` when known, else after an AAAA lookup. Only when we listen on
+    /// IPv6 too.
+    fn tracker_sibling(&mut self, h: Handle, ip: Option<IpAddr>, now: Instant) {
+        let listens_v6 = self
+            .listeners
+            .iter()
+            .any(|l| l.local_addr().is_ok_and(|a| a.is_ipv6()));
+        let Some(c) = self.trackers.get(h) else {
+            return;
+        };
+        if c.scrape || c.secondary || !listens_v6 || self.trackers.is_full() {
+            return;
+        }
+        let mut sib = TrackerConn::new(c.torrent, c.job.clone(), c.url.clone(), false, now);
+        sib.secondary = true;
+        let Some(s) = self.trackers.insert(sib) else {
+            return;
+        };
+        match ip {
+            Some(ip) => self.tracker_connect(s, ip, now),
+            None => self.tracker_resolve(s, dns::QType::Aaaa, now),
         }
     }
 
@@ -2078,6 +2119,10 @@ impl Engine {
                 Ok(ans) if !ans.addrs.is_empty() => {
                     if let Some(c) = self.trackers.get_mut(h) {
                         c.dns_id = None;
+                    }
+                    if qtype == dns::QType::A {
+                        // BEP 7: the IPv6 announce resolves its own AAAA record.
+                        self.tracker_sibling(h, None, now);
                     }
                     self.tracker_connect(h, ans.addrs[0], now);
                 }
@@ -2328,8 +2373,25 @@ impl Engine {
         };
         let ti = c.torrent;
         let job = c.job.clone();
+        let secondary = c.secondary;
         self.drop_tracker(h);
         let e = &mut self.torrents[ti];
+        if secondary {
+            // BEP 7 second-family announce: its peers count, the schedule does not.
+            if a.failure.is_none() {
+                debug!(
+                    "tracker {}: {} peers (other address family)",
+                    job.url,
+                    a.peers.len()
+                );
+                let (port, bind) = (self.listen_port, self.opts.bind);
+                for addr in a.peers.iter().filter(|x| !is_self(x, port, bind)) {
+                    e.t.add_candidate(*addr, now);
+                }
+                self.connect_soon = true;
+            }
+            return;
+        }
         if let Some(f) = a.failure {
             warn!("tracker {}: failure: {}", job.url, f);
             eprintln!("atorrent: tracker {}: {}", job.url, f);
@@ -2370,7 +2432,7 @@ impl Engine {
         };
         let ti = c.torrent;
         let job = c.job.clone();
-        let scrape = c.scrape;
+        let scrape = c.scrape || c.secondary;
         self.drop_tracker(h);
         if scrape {
             debug!("tracker {}: scrape failed: {}", job.url, err);
