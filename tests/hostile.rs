@@ -926,7 +926,7 @@ fn pex_flood(n: u32) -> Vec<u8> {
     msg(20, &payload)
 }
 
-/// A peer sending a ut_pex flood (5,000 entries, far past BEP 11's 50) is dropped with a
+/// A peer sending a ut_pex flood (2,000 entries, far past BEP 11's 50) is dropped with a
 /// logged reason; the seeder keeps serving an honest downloader.
 #[test]
 fn seeder_drops_a_pex_flood() {
@@ -938,7 +938,7 @@ fn seeder_drops_a_pex_flood() {
     let mut hs = vec![0u8];
     hs.extend_from_slice(b"d1:md6:ut_pexi1eee");
     c.send(&msg(20, &hs)).unwrap();
-    c.send(&pex_flood(5000)).unwrap();
+    c.send(&pex_flood(2000)).unwrap();
     let addr = c.local();
     c.expect_dropped("pex flood", secs(5));
     expect_closed_log(&s.w, &mut s.seed, addr, "ut_pex message");
