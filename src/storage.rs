@@ -192,6 +192,12 @@ pub trait PieceStore {
         Ok(())
     }
 
+    /// Whether any byte of the range may be stored (false only when it is certainly a hole or
+    /// missing): lets a recheck skip pieces that were never written.
+    fn has_data(&mut self, _offset: u64, _len: usize) -> bool {
+        true
+    }
+
     /// Hints that a range was read once and need not stay in the page cache (data hashed by
     /// reading it back). Best effort.
     fn drop_cache(&mut self, _offset: u64, _len: usize) {}
@@ -495,6 +501,27 @@ impl Storage {
             self.write_span(i, file_off, &data[range])?;
         }
         Ok(())
+    }
+
+    /// Whether any non-pad file span of the range holds data: false when every file is missing,
+    /// shorter than the span, or has a hole there (`SEEK_DATA`).
+    pub fn has_data(&mut self, offset: u64, len: usize) -> bool {
+        if self.check_range(offset, len).is_err() {
+            return false;
+        }
+        let mut spans = self.spans(offset, len);
+        while let Some((i, file_off, range)) = spans.next(&self.files) {
+            if self.files[i].pad {
+                continue;
+            }
+            let Ok(f) = self.fd(i, Kind::Read) else {
+                continue;
+            };
+            if crate::sys::has_data(f, file_off, range.len() as u64) {
+                return true;
+            }
+        }
+        false
     }
 
     /// `posix_fadvise(DONTNEED)` over a byte range of the torrent (keeps O_DIRECT downloads
@@ -850,6 +877,10 @@ impl PieceStore for Storage {
 
     fn drop_cache(&mut self, offset: u64, len: usize) {
         Storage::drop_cache(self, offset, len)
+    }
+
+    fn has_data(&mut self, offset: u64, len: usize) -> bool {
+        Storage::has_data(self, offset, len)
     }
 }
 

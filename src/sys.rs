@@ -487,6 +487,23 @@ pub fn fadvise_dontneed(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Whether `file` holds data (not a hole) anywhere in `offset..offset+len`, by
+/// `lseek(SEEK_DATA)`. File systems without hole tracking report everything as data; errors
+/// other than "no data past here" (ENXIO) answer true, so callers hash rather than skip.
+pub fn has_data(file: &File, offset: u64, len: u64) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let Ok(off) = libc::off_t::try_from(offset) else {
+        return true;
+    };
+    // SAFETY: lseek on a descriptor we own; it only moves the file offset, which the rest of
+    // the crate never relies on (all I/O is positional: pread/pwrite).
+    let r = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
+    if r < 0 {
+        return io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO);
+    }
+    (r as u64) < offset.saturating_add(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

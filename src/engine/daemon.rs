@@ -281,15 +281,13 @@ impl Engine {
             e.finished_reported = e.t.is_complete();
         }
         e.paused = paused || resume.as_ref().is_some_and(|r| r.stopped);
-        if trusted {
-            e.t.state = if e.paused {
-                State::Stopped
-            } else {
-                State::Queued
-            };
-        } else {
-            e.t.state = State::Checking;
-            e.check_cursor = 0;
+        // Pieces in trusted resume data are not hashed again; the others are checked when
+        // they hold data on disk (pieces verified after the last save before a crash, or
+        // partial ones), so a kill -9 does not cost a re-download. Without resume data,
+        // everything present is checked.
+        e.t.state = State::Checking;
+        e.check_cursor = 0;
+        if !trusted {
             e.dirty = true;
         }
         if let Some(d) = self.daemon.as_mut() {
