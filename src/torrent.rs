@@ -400,7 +400,10 @@ impl Torrent {
             let len = self.meta.piece_len(piece) as u64;
             // Never-written pieces are holes in sparse files (or missing files): skip them
             // without reading, so a recheck costs only what was actually downloaded.
-            if !self.store.has_data(piece as u64 * self.meta.piece_length as u64, len as usize) {
+            if !self
+                .store
+                .has_data(piece as u64 * self.meta.piece_length as u64, len as usize)
+            {
                 spent += 1;
                 continue;
             }
