@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::net::SocketAddrV4;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -62,19 +62,7 @@ fn magnet_via_tracker_from_libtorrent() {
         url.replace(':', "%3A").replace('/', "%2F")
     );
     let dl = w.mkdir("dl");
-    let mut p = atorrent(
-        &w,
-        "atorrent",
-        &[
-            "download",
-            &magnet,
-            "--dir",
-            dl.to_str().unwrap(),
-            "--bind",
-            &endpoint().ip().to_string(),
-            "--no-dht",
-        ],
-    );
+    let mut p = atorrent_download(&w, "atorrent", Path::new(&magnet), &dl, endpoint(), &[]);
     expect_complete(&w, &mut p, secs(60));
     assert_same_file(&src, &dl.join("m.bin"));
 }
@@ -126,19 +114,7 @@ fn magnet_metadata_from_a_transmission_seeder() {
         url.replace(':', "%3A").replace('/', "%2F")
     );
     let dl = w.mkdir("dl");
-    let mut p = atorrent(
-        &w,
-        "atorrent",
-        &[
-            "download",
-            &magnet,
-            "--dir",
-            dl.to_str().unwrap(),
-            "--bind",
-            &endpoint().ip().to_string(),
-            "--no-dht",
-        ],
-    );
+    let mut p = atorrent_download(&w, "atorrent", Path::new(&magnet), &dl, endpoint(), &[]);
     expect_complete(&w, &mut p, secs(90));
     assert_same_file(&src, &dl.join("tr.bin"));
 }
@@ -149,11 +125,7 @@ fn magnet_metadata_from_a_transmission_seeder() {
 fn dht_only_magnet_from_libtorrent() {
     let w = Work::with_limit("magnet_dht", secs(150));
     let (_nodes, boot) = lt_dht(&w, 3);
-    let boot_list = boot
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let boot_list = addr_list(&boot);
     let (src, t, hash) = seeded_file(&w, "dht.bin", 1_800_013, 33, &[]);
     let mut lt = lt_peer(
         &w,
@@ -198,11 +170,7 @@ fn dht_only_magnet_from_libtorrent() {
 fn libtorrent_fetches_a_magnet_from_atorrent() {
     let w = Work::with_limit("magnet_serve", secs(150));
     let (_nodes, boot) = lt_dht(&w, 3);
-    let boot_list = boot
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let boot_list = addr_list(&boot);
     let (src, t, hash) = seeded_file(&w, "serve.bin", 1_300_021, 34, &[]);
     let me = endpoint();
     let cfg = dht_config(&w, "seed.ini", &boot, me);
@@ -400,19 +368,7 @@ fn magnet_select_only_downloads_the_chosen_file() {
     lt.wait_line(&w, "ready", secs(30));
     let dl = w.mkdir("dl");
     let magnet = format!("magnet:?xt=urn:btih:{hash}&x.pe={seed_addr}&so=0");
-    let mut p = atorrent(
-        &w,
-        "atorrent",
-        &[
-            "download",
-            &magnet,
-            "--dir",
-            dl.to_str().unwrap(),
-            "--bind",
-            &endpoint().ip().to_string(),
-            "--no-dht",
-        ],
-    );
+    let mut p = atorrent_download(&w, "atorrent", Path::new(&magnet), &dl, endpoint(), &[]);
     expect_complete(&w, &mut p, secs(60));
     assert_same_file(&src.join("a.bin"), &dl.join("sel/a.bin"));
     let c = dl.join("sel/c.bin");

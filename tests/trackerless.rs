@@ -93,11 +93,7 @@ fn dead_first_tier_falls_through_to_the_second() {
 fn dht_only_download_from_a_libtorrent_swarm() {
     let w = Work::with_limit("dht_download", secs(150));
     let (_nodes, boot) = lt_dht(&w, 3);
-    let boot_list = boot
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let boot_list = addr_list(&boot);
     let seed_dir = w.mkdir("seed");
     let src = seed_dir.join("d.bin");
     write_random_file(&src, 1_500_007, 23);
@@ -128,11 +124,7 @@ fn dht_only_download_from_a_libtorrent_swarm() {
 fn atorrent_announces_into_the_dht_for_libtorrent() {
     let w = Work::with_limit("dht_announce", secs(150));
     let (_nodes, boot) = lt_dht(&w, 3);
-    let boot_list = boot
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
+    let boot_list = addr_list(&boot);
     let seed_dir = w.mkdir("seed");
     let src = seed_dir.join("a.bin");
     write_random_file(&src, 1_200_011, 24);

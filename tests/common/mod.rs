@@ -1041,17 +1041,22 @@ pub fn atorrent_config(work: &Work, name: &str, keys: &[(&str, &str)]) -> PathBu
 // ---------------------------------------------------------------------------------------------
 // Loopback DHTs
 
+/// `a:p,b:q,...`, as `--dht-bootstrap` takes it.
+pub fn addr_list(addrs: &[SocketAddrV4]) -> String {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// `n` bare libtorrent DHT nodes, each bootstrapped to the previous ones (loopback only).
 pub fn lt_dht(w: &Work, n: usize) -> (Vec<Proc>, Vec<SocketAddrV4>) {
     let mut procs = Vec::new();
     let mut addrs: Vec<SocketAddrV4> = Vec::new();
     for i in 0..n {
         let a = endpoint();
-        let boot = addrs
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
+        let boot = addr_list(&addrs);
         let mut args = vec!["--timeout", "150"];
         if !boot.is_empty() {
             args.push("--dht-bootstrap");
