@@ -400,7 +400,7 @@ pub struct Config {
     pub seed_time: u64,
     /// `block_buffers`: 16 KiB download block buffers in the pool. Default 64 (1 MiB).
     pub block_buffers: u32,
-    /// `peer_buffer_size`: per-connection receive buffer in bytes. Default 24K (17K..1M): one
+    /// `peer_buffer_size`: per-connection receive buffer in bytes. Default 20K (17K..1M): one
     /// piece message and change, measured as fast as 32K on loopback with less memory.
     pub peer_buffer_size: u32,
     /// `max_open_files`: data file descriptors kept open. Default 32.
@@ -951,7 +951,7 @@ impl Config {
             seed_ratio: 0.0,
             seed_time: 0,
             block_buffers: 64,
-            peer_buffer_size: 24 * 1024,
+            peer_buffer_size: 20 * 1024,
             max_open_files: 32,
             max_known_peers: 500,
             dht_max_nodes: 400,
@@ -1268,7 +1268,7 @@ mod tests {
         assert_eq!(c.log_max_size, 1 << 20);
         assert_eq!(c.enable_encryption, Encryption::Prefer);
         assert_eq!(c.block_buffers, 64);
-        assert_eq!(c.peer_buffer_size, 24 * 1024);
+        assert_eq!(c.peer_buffer_size, 20 * 1024);
         assert_eq!(c.max_open_files, 32);
         assert_eq!(c.max_known_peers, 500);
         assert_eq!(c.dht_max_nodes, 400);
@@ -1708,7 +1708,7 @@ dht_max_nodes = 100
                 .find(|(n, _)| n.starts_with(prefix))
                 .map(|(_, v)| *v)
         };
-        assert_eq!(get("peer buffers"), Some(50 * 24 * 1024 * 2));
+        assert_eq!(get("peer buffers"), Some(50 * 20 * 1024 * 2));
         assert_eq!(get("block buffers"), Some(64 * 16 * 1024));
         assert_eq!(get("known peers"), Some(8 * 500 * 32));
         assert_eq!(get("dht"), Some(400 * 64));

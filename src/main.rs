@@ -17,7 +17,7 @@ use atorrent::hash::hex;
 use atorrent::metainfo::{self, Metainfo};
 use atorrent::rng::Rng;
 use atorrent::storage::{DirectIo, Storage};
-use atorrent::torrent::{Settings, Torrent, CHUNK_LEN};
+use atorrent::torrent::{Settings, Torrent, CHUNK_LEN, SCRATCH_LEN};
 use atorrent::{create, logfile, sys};
 
 /// Largest .torrent file read (a 100k-file torrent is a few MiB).
@@ -359,7 +359,7 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
     let mut storage = Storage::open(dir, &meta, direct, config.max_open_files as usize)
         .map_err(|e| e.to_string())?;
     let mut have = Bitfield::new(meta.piece_count());
-    let mut scratch = sys::AlignedBuf::new(CHUNK_LEN);
+    let mut scratch = sys::AlignedBuf::new(SCRATCH_LEN);
     let ok = storage
         .check_existing(&meta, &mut scratch, |p, ok| {
             if ok {

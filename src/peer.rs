@@ -25,10 +25,17 @@ use crate::time::Instant;
 use crate::wire::{BlockRequest, Message};
 
 /// Initial send buffer: requests, haves and other control messages; grown for uploads.
-pub const TX_INITIAL: usize = 4096;
+pub const TX_INITIAL: usize = 2048;
 /// Most requests we keep outstanding at one peer. Beyond a few hundred the gain is nil even on
 /// loopback, and each entry costs 16 bytes.
 pub const MAX_OUTSTANDING: usize = 384;
+/// Requests kept in flight across all peers of one torrent (16 MiB of blocks). One fast peer
+/// may use up to `MAX_OUTSTANDING`; with many peers each gets a share of this, so the request
+/// queues (and the bytes the peers have been asked for) do not grow with the peer count.
+pub const MAX_INFLIGHT_PER_TORRENT: usize = 1024;
+/// The least a peer's share of `MAX_INFLIGHT_PER_TORRENT` falls to: a 16-block pipeline still
+/// covers the round trip of a fast LAN peer.
+pub const MIN_INFLIGHT_SHARE: usize = 16;
 /// Requests from a peer we queue before refusing more. libtorrent and Transmission advertise
 /// 250-500 (`reqq`); a peer sending more than this is flooding.
 pub const MAX_INCOMING_REQUESTS: usize = 512;
@@ -262,14 +269,28 @@ impl PeerConn {
             tx_crypted: 0,
             encrypted: false,
             buf_size,
-            // Allocated when the slot first carries a connection (`reset`), so an idle pool
-            // costs nothing; once allocated, a slot keeps its buffers for later connections.
+            // Allocated by `commit` (the engine's pool, at start) or at the latest when the slot
+            // first carries a connection (`reset`); a slot keeps them for later connections.
             rx: Vec::new(),
             rx_len: 0,
             tx: Vec::new(),
             tx_pos: 0,
             tx_len: 0,
         }
+    }
+
+    /// Allocates the slot's receive buffer and initial send buffer now and makes them resident,
+    /// so the connection pool's memory is fixed from start-up (the engine does this for every
+    /// slot) instead of growing with the number of peers seen.
+    pub fn commit(&mut self) {
+        if self.rx.len() < self.buf_size {
+            self.rx = vec![0; self.buf_size];
+        }
+        if self.tx.is_empty() {
+            self.tx = vec![0; TX_INITIAL.min(self.buf_size)];
+        }
+        crate::sys::touch_pages(&mut self.rx);
+        crate::sys::touch_pages(&mut self.tx);
     }
 
     /// Prepares the slot for a new connection, keeping the buffers' memory.
@@ -335,6 +356,11 @@ impl PeerConn {
             self.tx_pos = 0;
         }
         self.tx.len() - self.tx_len
+    }
+
+    /// Bytes that could be queued in `tx` now, counting what it may still grow by.
+    pub fn tx_room(&mut self) -> usize {
+        self.tx_space() + self.buf_size.saturating_sub(self.tx.len())
     }
 
     /// Makes room for `need` more bytes in `tx` by growing it, never past `buf_size`.

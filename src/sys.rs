@@ -68,6 +68,11 @@ impl AlignedBuf {
         self.len
     }
 
+    /// Makes every page resident now (see `touch_pages`).
+    pub fn commit(&mut self) {
+        touch_pages(self);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -95,6 +100,24 @@ impl Drop for AlignedBuf {
         unsafe {
             libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len.max(ALIGN));
         }
+    }
+}
+
+/// Makes every page of `buf` resident now (one read and write-back per page), so a fixed pool
+/// costs its full size from the start instead of growing with use, and a kernel that
+/// overcommits fails here rather than in the middle of a download. Contents are unchanged.
+pub fn touch_pages(buf: &mut [u8]) {
+    let base = buf.as_mut_ptr();
+    let mut off = 0;
+    while off < buf.len() {
+        // SAFETY: `off < buf.len()`, so `base + off` lies inside `buf`, which we borrow
+        // exclusively. Writing back the byte just read changes nothing; the volatile accesses
+        // keep the compiler from dropping them (it may know freshly calloc'ed memory is zero).
+        unsafe {
+            let p = base.add(off);
+            std::ptr::write_volatile(p, std::ptr::read_volatile(p));
+        }
+        off += ALIGN;
     }
 }
 

@@ -25,7 +25,7 @@ use crate::metainfo::Metainfo;
 pub use crate::peer::Candidate;
 use crate::peer::{
     Candidates, CloseReason, Outstanding, PeerConn, Phase, MAX_ALLOWED_FAST, MAX_INCOMING_REQUESTS,
-    MAX_OUTSTANDING, SNUB_TIMEOUT,
+    MAX_INFLIGHT_PER_TORRENT, MAX_OUTSTANDING, MIN_INFLIGHT_SHARE, SNUB_TIMEOUT,
 };
 use crate::picker::{BlockRef, Picker, PieceSet, Received};
 use crate::rng::Rng;
@@ -82,8 +82,13 @@ pub fn our_ext_handshake(metadata_size: Option<u32>, pex: bool, listen_port: u16
     .encode()
 }
 
+/// Scratch buffer for writing a block that found no free chunk and for reading data back to
+/// hash it. 64 KiB reads run at full speed with or without O_DIRECT; a whole chunk here would
+/// cost another 192 KiB of resident memory for no measurable gain.
+pub const SCRATCH_LEN: usize = 64 * 1024;
+
 /// Memory shared by every torrent of an engine: the chunk pool for piece assembly and one
-/// scratch chunk for reading data back (hash checks). Allocated once at start.
+/// scratch buffer for reading data back (hash checks). Allocated once at start.
 pub struct Buffers {
     pub pool: ChunkPool,
     pub scratch: AlignedBuf,
@@ -93,8 +98,16 @@ impl Buffers {
     pub fn new(chunks: usize) -> Buffers {
         Buffers {
             pool: ChunkPool::new(chunks),
-            scratch: AlignedBuf::new(CHUNK_LEN),
+            scratch: AlignedBuf::new(SCRATCH_LEN),
         }
+    }
+
+    /// Makes the whole pool resident now (see `AlignedBuf::commit`): the engine's memory is
+    /// then the same for a 64 KiB-piece torrent, which only ever touches the start of each
+    /// chunk, and for a 16 MiB-piece one, which fills them.
+    pub fn commit(&mut self) {
+        self.pool.mem.commit();
+        self.scratch.commit();
     }
 }
 
@@ -224,6 +237,8 @@ pub struct Torrent {
     already_buf: Vec<BlockRef>,
     choke_buf: Vec<(u32, bool)>,
     info_buf: Vec<PeerInfo>,
+    /// Established connections, which share `MAX_INFLIGHT_PER_TORRENT` requests.
+    established: usize,
     pub rng: Rng,
 }
 
@@ -292,6 +307,7 @@ impl Torrent {
             already_buf: Vec::new(),
             choke_buf: Vec::new(),
             info_buf: Vec::new(),
+            established: 0,
             rng,
         })
     }
@@ -491,6 +507,7 @@ impl Torrent {
     /// follows our handshake (extended handshake, bitfield or have_all/have_none).
     pub fn on_established(&mut self, p: &mut PeerConn, now: Instant) {
         p.phase = Phase::Established;
+        self.established += 1;
         p.have = Bitfield::new(self.meta.piece_count());
         p.last_rx = now;
         let count = self.have.count();
@@ -523,6 +540,7 @@ impl Torrent {
     /// Returns a closing peer's outstanding requests and availability to the picker.
     pub fn on_closed(&mut self, p: &mut PeerConn, now: Instant) {
         if p.phase == Phase::Established {
+            self.established = self.established.saturating_sub(1);
             for o in p.outstanding.drain(..) {
                 self.picker.request_dropped(o.block);
             }
@@ -543,7 +561,11 @@ impl Torrent {
     pub fn handle_rx(&mut self, p: &mut PeerConn, now: Instant, bufs: &mut Buffers) {
         // Take the buffer out so messages can borrow it while `p` is mutated.
         let rx = std::mem::take(&mut p.rx);
-        let max = rx.len() as u32;
+        // Messages may be as long as the buffer, except a bitfield, which may be longer for a
+        // torrent with many pieces (over 160,000 with the default 20 KiB buffer): the buffer
+        // then grows to fit it (below).
+        let bitfield_len = 1 + self.meta.piece_count().div_ceil(8);
+        let max = (rx.len() as u32).max(bitfield_len);
         let mut used = 0;
         while p.close.is_none() {
             match wire::decode(&rx[used..p.rx_len], max) {
@@ -565,6 +587,20 @@ impl Torrent {
         }
         p.rx = rx;
         p.rx_consume(used);
+        // A message that cannot fit the buffer: grow it for a bitfield (bounded by the piece
+        // count, a rare one-off allocation), refuse anything else.
+        if p.close.is_none() && p.rx_len >= 5 {
+            let len = u32::from_be_bytes([p.rx[0], p.rx[1], p.rx[2], p.rx[3]]) as usize;
+            if len + 4 > p.rx.len() {
+                if p.rx[4] == wire::id::BITFIELD && len <= bitfield_len as usize {
+                    p.rx.resize(len + 4, 0);
+                } else {
+                    p.close(CloseReason::Protocol(format!(
+                        "message of {len} bytes is larger than the receive buffer"
+                    )));
+                }
+            }
+        }
     }
 
     fn handle_message(
@@ -1042,10 +1078,15 @@ impl Torrent {
                 }
                 None => {
                     let woff = self.piece_offset(piece) + w as u64 * CHUNK_LEN as u64;
-                    self.store
-                        .read(woff, &mut bufs.scratch[..wlen])
-                        .map_err(|e| e.to_string())?;
-                    self.partials[pi].sha.update(&bufs.scratch[..wlen]);
+                    let mut done = 0;
+                    while done < wlen {
+                        let n = (wlen - done).min(bufs.scratch.len());
+                        self.store
+                            .read(woff + done as u64, &mut bufs.scratch[..n])
+                            .map_err(|e| e.to_string())?;
+                        self.partials[pi].sha.update(&bufs.scratch[..n]);
+                        done += n;
+                    }
                     self.store.drop_cache(woff, wlen);
                 }
             }
@@ -1153,9 +1194,9 @@ impl Torrent {
             .collect();
         let mut current = Vec::with_capacity(contacts.len());
         for (i, p) in list.iter_mut().enumerate() {
-            // Only poll with room for the largest message: once polled, its contacts count
-            // as told.
-            if p.close.is_some() || p.tx_space() < PEX_TX_RESERVE {
+            // Only poll with room for the largest message (once polled, its contacts count
+            // as told); `push` grows the send buffer only by what the message needs.
+            if p.close.is_some() || p.tx_room() < PEX_TX_RESERVE {
                 continue;
             }
             let (Some(state), Some(id)) = (p.pex.as_mut(), p.ext_ut_pex) else {
@@ -1201,10 +1242,15 @@ impl Torrent {
     }
 
     /// How many requests to keep in flight: enough to cover about a second of the peer's
-    /// current rate, bounded by what it says it queues (`reqq`).
-    fn queue_depth(p: &PeerConn) -> usize {
+    /// current rate, bounded by what it says it queues (`reqq`) and by its share of the
+    /// torrent's in-flight budget.
+    fn queue_depth(&self, p: &PeerConn) -> usize {
         let by_rate = (p.down.get() / BLOCK_LEN as u64) as usize;
-        by_rate.clamp(32, MAX_OUTSTANDING).min(p.peer_reqq.max(1))
+        let share = (MAX_INFLIGHT_PER_TORRENT / self.established.max(1)).max(MIN_INFLIGHT_SHARE);
+        by_rate
+            .clamp(32, MAX_OUTSTANDING)
+            .min(share)
+            .min(p.peer_reqq.max(1))
     }
 
     /// Fills `p.tx` with requests and with the blocks it asked for, as far as space allows.
@@ -1213,7 +1259,7 @@ impl Torrent {
             return;
         }
         if self.state == State::Downloading && !p.peer_choking && p.am_interested && !p.snubbed {
-            let depth = Self::queue_depth(p);
+            let depth = self.queue_depth(p);
             if p.outstanding.len() < depth {
                 let want = depth - p.outstanding.len();
                 self.pick_buf.clear();
@@ -1876,5 +1922,117 @@ mod tests {
         assert!(got[2] == (2, None), "flood protection");
         assert_eq!(got[3], (3, None), "out of range");
         assert!(p.close.is_none());
+    }
+
+    /// A leecher of `pieces` 1 KiB pieces (fake hashes, nothing stored) with one connection
+    /// whose receive buffer is `buf` bytes.
+    fn many_piece_leech(pieces: u32, buf: usize) -> (Torrent, PeerConn) {
+        let len = pieces as usize * 1024;
+        let meta = Metainfo {
+            pieces: vec![0; 20 * pieces as usize],
+            ..meta_for(&[], 1024)
+        };
+        let meta = Metainfo {
+            total_length: len as u64,
+            files: vec![FileEntry {
+                path: vec!["sim".into()],
+                length: len as u64,
+                offset: 0,
+                pad: false,
+            }],
+            ..meta
+        };
+        let mut t = Torrent::new(
+            meta,
+            Bitfield::new(pieces),
+            Box::new(MemStore::new(len)),
+            1,
+            [2; 20],
+            settings(),
+            Rng::new(2),
+        )
+        .unwrap();
+        let mut p = PeerConn::with_buffers(buf);
+        p.reset(addr(1), true, Instant::ZERO);
+        t.on_established(&mut p, Instant::ZERO);
+        (t, p)
+    }
+
+    fn feed(t: &mut Torrent, p: &mut PeerConn, bytes: &[u8]) -> usize {
+        let n = bytes.len().min(p.rx.len() - p.rx_len);
+        p.rx[p.rx_len..p.rx_len + n].copy_from_slice(&bytes[..n]);
+        p.rx_len += n;
+        t.handle_rx(p, Instant::ZERO, &mut Buffers::new(1));
+        n
+    }
+
+    #[test]
+    fn bitfield_longer_than_receive_buffer_grows_it() {
+        // 10,000 pieces: a 1,255-byte bitfield message against a 1 KiB buffer.
+        let (mut t, mut p) = many_piece_leech(10_000, 1024);
+        let mut bits = Bitfield::new(10_000);
+        for i in (0..10_000).step_by(3) {
+            bits.set(i);
+        }
+        let mut msg = vec![0; 2048];
+        let n = Message::Bitfield(bits.as_bytes()).encode(&mut msg).unwrap();
+        let mut sent = 0;
+        for _ in 0..4 {
+            if sent == n {
+                break;
+            }
+            sent += feed(&mut t, &mut p, &msg[sent..n]);
+        }
+        assert_eq!(sent, n, "the buffer grew to take the whole message");
+        assert!(p.close.is_none(), "{:?}", p.close);
+        assert_eq!(p.have.count(), bits.count());
+    }
+
+    #[test]
+    fn other_message_longer_than_receive_buffer_closes() {
+        let (mut t, mut p) = many_piece_leech(10_000, 1024);
+        let payload = vec![b'x'; 1100];
+        let mut msg = vec![0; 2048];
+        let n = Message::Extended {
+            id: 1,
+            payload: &payload,
+        }
+        .encode(&mut msg)
+        .unwrap();
+        feed(&mut t, &mut p, &msg[..n]);
+        assert!(
+            matches!(&p.close, Some(CloseReason::Protocol(m)) if m.contains("larger than")),
+            "{:?}",
+            p.close
+        );
+        assert_eq!(p.rx.len(), 1024, "not grown");
+    }
+
+    #[test]
+    fn queue_depth_shares_inflight_budget_among_peers() {
+        let (mut t, mut p) = many_piece_leech(100, 1024);
+        // A fast peer alone may keep MAX_OUTSTANDING requests in flight.
+        p.down.add(100 * 1024 * 1024);
+        p.down.tick(Duration::from_secs(1));
+        p.down.add(100 * 1024 * 1024);
+        p.down.tick(Duration::from_secs(1));
+        p.peer_reqq = MAX_OUTSTANDING;
+        assert_eq!(t.queue_depth(&p), MAX_OUTSTANDING);
+        // With 49 more peers each gets its share, never under MIN_INFLIGHT_SHARE.
+        let mut others: Vec<PeerConn> = (0..49)
+            .map(|i| {
+                let mut q = PeerConn::with_buffers(1024);
+                q.reset(addr(10 + i), true, Instant::ZERO);
+                t.on_established(&mut q, Instant::ZERO);
+                q
+            })
+            .collect();
+        assert_eq!(t.queue_depth(&p), MAX_INFLIGHT_PER_TORRENT / 50);
+        assert!(t.queue_depth(&p) >= MIN_INFLIGHT_SHARE);
+        // Closing them gives the budget back.
+        for q in &mut others {
+            t.on_closed(q, Instant::ZERO);
+        }
+        assert_eq!(t.queue_depth(&p), MAX_OUTSTANDING);
     }
 }

@@ -303,7 +303,9 @@ impl Engine {
         let n = opts.max_connections.min(by_fds).clamp(1, 0xffff);
         let mut spare = Vec::with_capacity(n);
         for _ in 0..n {
-            spare.push(PeerConn::with_buffers(opts.peer_buffer_size));
+            let mut p = PeerConn::with_buffers(opts.peer_buffer_size);
+            p.commit();
+            spare.push(p);
         }
         let mut e = Engine {
             poll,
@@ -327,7 +329,11 @@ impl Engine {
             throttled: Vec::new(),
             wake_at: None,
             alt_active: false,
-            bufs: Buffers::new(opts.chunks),
+            bufs: {
+                let mut b = Buffers::new(opts.chunks);
+                b.commit();
+                b
+            },
             daemon: None,
             peer_id,
             listen_port: opts.listen_port,
