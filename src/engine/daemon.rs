@@ -558,6 +558,67 @@ impl Engine {
         }
     }
 
+    /// `resume` of a torrent stopped by an I/O error (disk full, directory vanished): its
+    /// storage is replaced, because descriptors opened before the error may belong to files
+    /// that were unlinked since (writes to them would go nowhere), and every piece is verified
+    /// again, because pieces counted before the error may no longer be on disk. Without its
+    /// directory the torrent stays in error (an unmounted disk must not fill the one below).
+    fn restart_after_error(&mut self, i: usize) -> Result<(), String> {
+        let d = self.daemon.as_ref().ok_or("not a daemon")?;
+        let e = &self.torrents[i];
+        if !e.dir.is_dir() {
+            return Err(format!(
+                "download directory {} does not exist",
+                e.dir.display()
+            ));
+        }
+        let storage = Storage::open(
+            &e.dir,
+            &e.t.meta,
+            direct_io(d.config.direct_io),
+            d.config.max_open_files as usize,
+        )
+        .map_err(|err| err.to_string())?;
+        let settings = Settings {
+            upload_slots: e.t.settings.upload_slots,
+            max_candidates: e.t.settings.max_candidates,
+            listen_port: e.t.settings.listen_port,
+        };
+        let n = e.t.meta.piece_count();
+        let seed = self.rng.next_u64();
+        let mut t = Torrent::new(
+            e.t.meta.clone(),
+            Bitfield::new(n),
+            Box::new(storage),
+            self.bufs.pool.capacity(),
+            self.peer_id,
+            settings,
+            Rng::new(seed),
+        )?;
+        let now = self.now();
+        let e = &mut self.torrents[i];
+        t.info = e.t.info.take();
+        t.candidates = std::mem::replace(&mut e.t.candidates, crate::peer::Candidates::new());
+        t.candidates.reset_connections(now);
+        if let Some(sel) = &e.select {
+            t.select_files(sel);
+        }
+        e.base_downloaded += e.t.downloaded;
+        e.base_uploaded += e.t.uploaded;
+        info!(
+            "daemon: torrent {}: reopening its files in {} and checking them again",
+            e.id,
+            e.dir.display()
+        );
+        // The old storage (and every descriptor it held) is dropped here.
+        e.t = t;
+        e.t.state = State::Checking;
+        e.check_cursor = 0;
+        e.dirty = true;
+        e.finished_reported = false;
+        Ok(())
+    }
+
     fn find(&self, id: &str) -> Result<usize, String> {
         let list: Vec<(u32, [u8; 20])> = self
             .torrents
@@ -1002,6 +1063,12 @@ impl Engine {
             },
             Request::Resume { id } => match self.find(&id) {
                 Ok(i) => {
+                    let failed = matches!(self.torrents[i].t.state, State::Error(_));
+                    if failed && self.torrents[i].fetch.is_none() {
+                        if let Err(e) = self.restart_after_error(i) {
+                            return err(1, e);
+                        }
+                    }
                     let e = &mut self.torrents[i];
                     e.paused = false;
                     e.dirty = true;
