@@ -24,7 +24,7 @@
 
 use std::fmt;
 use std::io::Read;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use crate::cli::{
@@ -41,7 +41,7 @@ pub const MIN_PEER_BUFFER: u64 = 17 * 1024;
 pub const MAX_PEER_BUFFER: u64 = 1024 * 1024;
 /// Largest config file read: the file is local, but `--config /dev/zero` must not eat memory.
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
-/// Most `dht_bootstrap` entries: bootstrap needs a handful; each is resolved at startup.
+/// Most `dht_bootstrap` entries: bootstrap needs a handful; names are resolved by the engine.
 pub const MAX_BOOTSTRAP_NODES: usize = 32;
 /// Estimated bytes per candidate peer kept by a torrent (address, port, flags, timers).
 pub const KNOWN_PEER_BYTES: u64 = 32;
@@ -900,6 +900,24 @@ fn parse_bootstrap(value: &str) -> Result<Vec<String>, String> {
     Ok(nodes)
 }
 
+/// `dht_bootstrap` entries split into addresses, used at once, and `(host, port)` names, which
+/// the engine resolves with its own non-blocking DNS client (so start-up never waits on a
+/// resolver). Entries that are not `HOST:PORT` are skipped (loading the config refused them).
+pub fn split_bootstrap(nodes: &[String]) -> (Vec<SocketAddr>, Vec<(String, u16)>) {
+    let mut addrs = Vec::new();
+    let mut names = Vec::new();
+    for n in nodes {
+        let Ok((host, port)) = parse_host_port(n) else {
+            continue;
+        };
+        match host.parse::<IpAddr>() {
+            Ok(ip) => addrs.push(SocketAddr::new(ip, port)),
+            Err(_) => names.push((host.to_string(), port)),
+        }
+    }
+    (addrs, names)
+}
+
 fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
@@ -1238,6 +1256,36 @@ mod tests {
         parse_str(text, Path::new("config.ini"), defaults())
             .expect_err("should fail")
             .to_string()
+    }
+
+    #[test]
+    fn bootstrap_list_literals_used_now_names_left_to_resolve() {
+        let nodes: Vec<String> = [
+            "router.bittorrent.com:6881",
+            "1.2.3.4:5",
+            "[::1]:7",
+            "dht-boot.test:6881",
+            "garbage",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (addrs, names) = split_bootstrap(&nodes);
+        assert_eq!(
+            addrs,
+            vec![
+                "1.2.3.4:5".parse::<SocketAddr>().unwrap(),
+                "[::1]:7".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            names,
+            vec![
+                ("router.bittorrent.com".to_string(), 6881),
+                ("dht-boot.test".to_string(), 6881)
+            ]
+        );
+        assert_eq!(split_bootstrap(&[]), (vec![], vec![]));
     }
 
     #[test]

@@ -461,6 +461,11 @@ fn download_magnet(
 
 /// The engine's settings from the configuration (shared by `download` and `daemon`).
 fn engine_options(config: &Config, seed: bool, progress: Progress) -> Options {
+    let (boot_addrs, boot_names) = if config.enable_dht {
+        config::split_bootstrap(&config.dht_bootstrap)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     Options {
         listen_port: config.listen_port,
         bind: config.bind_address,
@@ -481,11 +486,8 @@ fn engine_options(config: &Config, seed: bool, progress: Progress) -> Options {
         seed_time: config.seed_time,
         dht_port: config.dht_port,
         enable_dht: config.enable_dht,
-        dht_bootstrap: if config.enable_dht {
-            resolve_bootstrap(&config.dht_bootstrap)
-        } else {
-            Vec::new()
-        },
+        dht_bootstrap: boot_addrs,
+        dht_bootstrap_names: boot_names,
         dht_max_nodes: config.dht_max_nodes as usize,
         dht_state: None,
         direct_io: match config.direct_io {
@@ -497,23 +499,6 @@ fn engine_options(config: &Config, seed: bool, progress: Progress) -> Options {
         upload_slots: config.upload_slots as usize,
         max_known_peers: config.max_known_peers as usize,
     }
-}
-
-/// DHT bootstrap nodes as addresses. Names are resolved once here, before the event loop
-/// starts (a name that does not resolve is skipped with a warning).
-fn resolve_bootstrap(nodes: &[String]) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
-    for n in nodes {
-        if let Ok(a) = n.parse::<SocketAddr>() {
-            out.push(a);
-            continue;
-        }
-        match n.to_socket_addrs() {
-            Ok(addrs) => out.extend(addrs.take(2)),
-            Err(e) => log::warn!("dht: bootstrap node {n}: {e}"),
-        }
-    }
-    out
 }
 
 /// `block_buffers` (16 KiB each) rounded up to whole 256 KiB assembly chunks.

@@ -4,6 +4,8 @@
 //! Layout under the root (all created mode 0700):
 //! - `lock`: holds the daemon's pid; `flock`ed while the daemon runs.
 //! - `torrents/<hex info-hash>.torrent`: the metainfo as added.
+//! - `torrents/<hex info-hash>.magnet`: a magnet link whose metadata has not arrived yet (its
+//!   URI, with trackers and `x.pe` peers); replaced by the `.torrent` once the metadata is in.
 //! - `resume/<hex info-hash>.resume`: verified-piece bitfield, totals, settings and the ID.
 //!
 //! Every file is written with [`atomic_write`] (temp file, fsync, rename, directory fsync), so a
@@ -35,6 +37,8 @@ pub const MAX_TORRENT_BYTES: u64 = 64 << 20;
 pub const MAX_STATS_BYTES: u64 = 64 * 1024;
 /// Largest lock file read (it holds a pid and a newline).
 const MAX_LOCK_BYTES: u64 = 64;
+/// Largest stored magnet link; the magnet parser refuses longer ones anyway.
+pub const MAX_MAGNET_BYTES: u64 = crate::magnet::MAX_URI_BYTES as u64;
 /// Most torrents loaded at startup; a directory with more is not ours to trust blindly.
 pub const MAX_TORRENTS: usize = 100_000;
 
@@ -364,8 +368,28 @@ impl StateDir {
         self.root.join("stats")
     }
 
+    pub fn magnet_path(&self, info_hash: &[u8; 20]) -> PathBuf {
+        self.root
+            .join("torrents")
+            .join(format!("{}.magnet", hex(info_hash)))
+    }
+
     pub fn save_torrent(&self, info_hash: &[u8; 20], bytes: &[u8]) -> io::Result<()> {
         atomic_write(&self.torrent_path(info_hash), bytes)
+    }
+
+    /// Keeps a magnet link until its metadata arrives (then [`StateDir::remove_magnet`]).
+    pub fn save_magnet(&self, info_hash: &[u8; 20], uri: &str) -> io::Result<()> {
+        atomic_write(&self.magnet_path(info_hash), uri.as_bytes())
+    }
+
+    /// Forgets a pending magnet link (missing is fine).
+    pub fn remove_magnet(&self, info_hash: &[u8; 20]) -> io::Result<()> {
+        match fs::remove_file(self.magnet_path(info_hash)) {
+            Ok(()) => crate::sys::fsync_dir(&self.root.join("torrents")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn save_resume(&self, r: &Resume) -> io::Result<()> {
@@ -410,18 +434,65 @@ impl StateDir {
                     continue;
                 }
             };
-            let resume = read_capped(&self.resume_path(&ih), MAX_RESUME_BYTES)
-                .and_then(|b| decode_resume(&b))
-                .and_then(|r| {
-                    if r.info_hash == ih {
-                        Ok(r)
-                    } else {
-                        Err(StateError::HashMismatch)
-                    }
-                });
+            let resume = self.load_resume(&ih);
             out.push((bytes, resume, path));
         }
         out
+    }
+
+    /// Every pending magnet link, sorted by file name: its URI text, its resume data (ID,
+    /// directory, stopped) and the path. A magnet whose `.torrent` exists already got its
+    /// metadata (a crash came before the link was deleted): it is skipped and deleted.
+    pub fn load_magnets(&self) -> Vec<(String, Result<Resume, StateError>, PathBuf)> {
+        let mut out = Vec::new();
+        let tdir = self.root.join("torrents");
+        let Ok(rd) = fs::read_dir(&tdir) else {
+            return out;
+        };
+        let mut names: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        names.sort();
+        for path in names {
+            if out.len() == MAX_TORRENTS {
+                log::warn!("state: more than {MAX_TORRENTS} magnets; ignoring the rest");
+                break;
+            }
+            let Some(ih) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".magnet"))
+                .and_then(parse_hex_hash)
+            else {
+                continue;
+            };
+            if self.torrent_path(&ih).exists() {
+                let _ = self.remove_magnet(&ih);
+                continue;
+            }
+            let uri = match read_capped(&path, MAX_MAGNET_BYTES).map(String::from_utf8) {
+                Ok(Ok(u)) => u,
+                Ok(Err(_)) => {
+                    log::warn!("state: skipping {}: not UTF-8", path.display());
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!("state: skipping {}: {e}", path.display());
+                    continue;
+                }
+            };
+            let resume = self.load_resume(&ih);
+            out.push((uri, resume, path));
+        }
+        out
+    }
+
+    /// The resume data stored for `ih`, if intact and really its own.
+    fn load_resume(&self, ih: &[u8; 20]) -> Result<Resume, StateError> {
+        let r = decode_resume(&read_capped(&self.resume_path(ih), MAX_RESUME_BYTES)?)?;
+        if r.info_hash == *ih {
+            Ok(r)
+        } else {
+            Err(StateError::HashMismatch)
+        }
     }
 
     fn remove_temp_files(&self) {
@@ -438,9 +509,14 @@ impl StateDir {
         }
     }
 
-    /// Forgets a torrent: deletes its metainfo copy and resume file (missing ones are fine).
+    /// Forgets a torrent: deletes its metainfo copy (or pending magnet) and resume file
+    /// (missing ones are fine).
     pub fn remove(&self, info_hash: &[u8; 20]) -> io::Result<()> {
-        for p in [self.resume_path(info_hash), self.torrent_path(info_hash)] {
+        for p in [
+            self.resume_path(info_hash),
+            self.torrent_path(info_hash),
+            self.magnet_path(info_hash),
+        ] {
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -839,6 +915,42 @@ mod tests {
         assert!(sd
             .resume_path(&r.info_hash)
             .ends_with("resume/abababababababababababababababababababab.resume"));
+    }
+
+    #[test]
+    fn pending_magnet_saved_loaded_then_dropped_once_torrent_exists() {
+        let t = TempDir::new("mg");
+        let sd = StateDir::new(&t.0).unwrap();
+        let mut r = minimal();
+        r.info_hash = [0x0c; 20];
+        r.id = 4;
+        r.pieces = 1;
+        r.have = vec![0];
+        let uri = "magnet:?xt=urn:btih:0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c&x.pe=1.2.3.4%3A5";
+        sd.save_magnet(&r.info_hash, uri).unwrap();
+        sd.save_resume(&r).unwrap();
+        // Oversized and non-UTF-8 links are skipped, not trusted.
+        fs::write(
+            sd.magnet_path(&[0x0d; 20]),
+            vec![b'a'; MAX_MAGNET_BYTES as usize + 1],
+        )
+        .unwrap();
+        fs::write(sd.magnet_path(&[0x0e; 20]), b"magnet:?\xff\xfe").unwrap();
+        // The pending magnet is not a torrent yet.
+        assert!(sd.load_all().is_empty());
+        let m = sd.load_magnets();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].0, uri);
+        assert_eq!(m[0].1.as_ref().unwrap(), &r);
+        // Metadata arrived (torrent saved) but the link survived a crash: it is dropped.
+        sd.save_torrent(&r.info_hash, b"torrent").unwrap();
+        assert!(sd.load_magnets().is_empty());
+        assert!(!sd.magnet_path(&r.info_hash).exists());
+        // `remove` forgets a pending magnet too.
+        sd.save_magnet(&[0x0f; 20], uri).unwrap();
+        sd.remove(&[0x0f; 20]).unwrap();
+        assert!(!sd.magnet_path(&[0x0f; 20]).exists());
+        sd.remove_magnet(&[0x0f; 20]).unwrap();
     }
 
     #[test]

@@ -1113,7 +1113,7 @@ fn disk_read_only_download_dir_goes_to_error() {
 
 #[test]
 fn disk_download_dir_vanishes_mid_run() {
-    let w = Work::with_limit("hard_disk_vanish", CASE_LIMIT);
+    let w = Work::with_limit("hard_disk_vanish", CASE_LIMIT + secs(40));
     let (torrents, _tracker, _seeds) =
         tracker_and_lt_seeders(&w, &[("v.bin", 8 << 20, 5, "v")], Some("1000000"));
     let (cfg, _) = daemon_config(&w, &w.path("dl"), "");
@@ -1166,6 +1166,19 @@ fn disk_download_dir_vanishes_mid_run() {
     };
     eprintln!("vanish: {verdict}");
     assert!(alive(d.proc.pid()));
+    // `resume` while the directory is still missing is refused (an unmounted disk must not
+    // be replaced by a directory on the disk below it).
+    let o = d.cli(&w, &["resume", "1"]);
+    assert_eq!(o.code(), Some(1), "{}{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("does not exist"), "{}", o.stderr);
+    // Recreated by the user, then resumed: the files are opened again in the new directory
+    // (not the unlinked ones), pieces lost with the old directory are fetched again, and the
+    // bytes end up on disk.
+    fs::create_dir(&vdir).unwrap();
+    d.ok(&w, &["resume", "1"]);
+    let s = d.wait_state(&w, "1", "seeding", secs(40));
+    eprintln!("vanish: after resume:\n{s}");
+    assert_same_file(&torrents[0].1, &vdir.join("v.bin"));
     d.shutdown(&w);
 }
 

@@ -378,3 +378,109 @@ fn magnet_select_only_downloads_the_chosen_file() {
         "c.bin was downloaded"
     );
 }
+
+/// A magnet started in the daemon before any peer has its metadata is kept in the state
+/// directory: after a clean restart and after a kill -9 it is listed again with its ID,
+/// directory and stopped flag, and once a seeder appears it fetches the metadata and completes.
+#[test]
+fn daemon_pending_magnet_survives_restart() {
+    let w = Work::new("magnet_daemon_pending");
+    let (src, t, hash) = seeded_file(&w, "pm.bin", 900_001, 38, &[]);
+    // Reserved now, listened on only after the restarts: until then no peer has the metadata.
+    let seed_addr = endpoint();
+    let listen = endpoint();
+    let cfg = w.path("d.ini");
+    fs::write(
+        &cfg,
+        format!(
+            "download_dir = {}\nstate_dir = {}\nlog_file = {}\nlisten_port = {}\nbind_address = {}\n\
+             enable_dht = false\nenable_ipv6 = false\nlog_level = debug\n",
+            w.path("dl").display(),
+            w.path("state").display(),
+            w.path("d.log").display(),
+            listen.port(),
+            listen.ip()
+        ),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(atorrent_bin());
+        cmd.arg("--config").arg(&cfg).args(args);
+        let o = run(&w, cmd, secs(20));
+        assert!(o.status.success(), "{args:?}: {} {}", o.stdout, o.stderr);
+        o.stdout
+    };
+    let start_daemon = || {
+        let _ = fs::remove_file(w.path("state/control.sock"));
+        let mut cmd = Command::new(atorrent_bin());
+        cmd.arg("--config").arg(&cfg).arg("daemon");
+        let d = Proc::spawn(&w, "daemon", cmd);
+        let end = Instant::now() + secs(20);
+        while !w.path("state/control.sock").exists() {
+            assert!(Instant::now() < end, "no control socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    };
+    let status = |id: &str, key: &str| -> String {
+        let s = cli(&["status", id]);
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {s}"))
+            .trim()
+            .to_string()
+    };
+    let custom = w.mkdir("custom");
+    let mut d = start_daemon();
+    let magnet = format!("magnet:?xt=urn:btih:{hash}&dn=pm.bin&x.pe={seed_addr}");
+    assert_eq!(
+        cli(&["start", &magnet, "--dir", custom.to_str().unwrap()]).trim(),
+        "1"
+    );
+    let other = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=never";
+    assert_eq!(cli(&["start", other, "--paused"]).trim(), "2");
+
+    // Clean restart: both come back with their IDs, the second still stopped.
+    assert!(cli(&["shutdown"]).contains("shutting down"));
+    assert!(d.wait_exit(&w, secs(20)).success());
+    let mut d = start_daemon();
+    let list = cli(&["list"]);
+    assert!(list.contains("pm.bin") && list.contains("never"), "{list}");
+    assert_eq!(status("1", "info_hash:"), hash);
+    assert_eq!(status("1", "dir:"), custom.display().to_string());
+    assert_eq!(status("2", "state:"), "stopped");
+
+    // kill -9, then the seeder appears: the magnet fetches its metadata and completes.
+    let st = Command::new("kill")
+        .args(["-9", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    d.wait_exit(&w, secs(10));
+    let mut lt = lt_peer(
+        &w,
+        "lt-seed",
+        "seed",
+        &t,
+        src.parent().unwrap(),
+        seed_addr,
+        &[],
+    );
+    lt.wait_line(&w, "ready", secs(30));
+    let mut d = start_daemon();
+    let end = Instant::now() + secs(60);
+    while status("1", "state:") != "seeding" {
+        assert!(
+            Instant::now() < end,
+            "never seeding: {}",
+            cli(&["status", "1"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_same_file(&src, &custom.join("pm.bin"));
+    assert!(w.path(&format!("state/torrents/{hash}.torrent")).exists());
+    assert!(!w.path(&format!("state/torrents/{hash}.magnet")).exists());
+    assert_eq!(status("2", "state:"), "stopped");
+    assert!(cli(&["shutdown"]).contains("shutting down"));
+    assert!(d.wait_exit(&w, secs(20)).success());
+}

@@ -310,3 +310,87 @@ fn bep7_announces_over_both_address_families() {
         "announces seen over: {seen:?}"
     );
 }
+
+/// The transaction id of a KRPC query (`1:t<len>:<tid>` is the last `t` key of a query we
+/// parse here; ids and hashes come before it in the `a` dictionary).
+fn krpc_tid(pkt: &[u8]) -> Option<Vec<u8>> {
+    let at = pkt.windows(3).rposition(|w| w == b"1:t")? + 3;
+    let colon = at + pkt[at..].iter().position(|&b| b == b':')?;
+    let len: usize = std::str::from_utf8(&pkt[at..colon]).ok()?.parse().ok()?;
+    pkt.get(colon + 1..colon + 1 + len).map(<[u8]>::to_vec)
+}
+
+/// A `dht_bootstrap` host name is resolved inside the loop, hosts file first (here the one
+/// ATORRENT_HOSTS_FILE names; no real resolver is asked): the router it names gets the
+/// bootstrap find_node, and once it has answered, the magnet's get_peers lookups reach it.
+#[test]
+fn dht_bootstrap_name_resolves_through_hosts_file() {
+    let w = Work::new("dht_boot_name");
+    let ip = loopback_ip();
+    let router = std::net::UdpSocket::bind((ip, 0)).unwrap();
+    let rport = router.local_addr().unwrap().port();
+    router
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let hosts = w.path("hosts");
+    std::fs::write(&hosts, format!("{ip} dht-router.test\n")).unwrap();
+    let me = endpoint();
+    let dht_port = free_port(*me.ip());
+    let cfg = w.path("boot.ini");
+    std::fs::write(
+        &cfg,
+        format!(
+            "enable_dht = true\ndht_bootstrap = dht-router.test:{rport}\ndht_port = {dht_port}\n\
+             enable_ipv6 = false\nlog_level = debug\n"
+        ),
+    )
+    .unwrap();
+    let hash = [0x5au8; 20];
+    let magnet = format!("magnet:?xt=urn:btih:{}", "5a".repeat(20));
+    let dl = w.mkdir("dl");
+    let mut cmd = std::process::Command::new(atorrent_bin());
+    cmd.env("ATORRENT_HOSTS_FILE", &hosts).args([
+        "--config",
+        cfg.to_str().unwrap(),
+        "download",
+        &magnet,
+        "--dir",
+        dl.to_str().unwrap(),
+        "--bind",
+        &me.ip().to_string(),
+        "--port",
+        &me.port().to_string(),
+    ]);
+    let mut p = Proc::spawn(&w, "atorrent", cmd);
+    let (mut find_node, mut get_peers) = (false, false);
+    let mut buf = [0u8; 2048];
+    let end = std::time::Instant::now() + secs(20);
+    while !(find_node && get_peers) {
+        assert!(
+            std::time::Instant::now() < end,
+            "router saw find_node {find_node}, get_peers {get_peers}\n{}",
+            p.stderr_text()
+        );
+        let Ok((n, from)) = router.recv_from(&mut buf) else {
+            continue;
+        };
+        let pkt = &buf[..n];
+        assert_eq!(from, std::net::SocketAddr::from((*me.ip(), dht_port)));
+        let is = |m: &[u8]| pkt.windows(m.len()).any(|x| x == m);
+        if is(b"1:q9:find_node") {
+            find_node = true;
+        } else if is(b"1:q9:get_peers") && is(&hash) {
+            get_peers = true;
+        }
+        // Answer like a router that knows nobody else, so it enters the routing table.
+        let Some(tid) = krpc_tid(pkt) else { continue };
+        let mut r = b"d1:rd2:id20:".to_vec();
+        r.extend_from_slice(&[0x11; 20]);
+        r.extend_from_slice(b"5:nodes0:e1:t");
+        r.extend_from_slice(format!("{}:", tid.len()).as_bytes());
+        r.extend_from_slice(&tid);
+        r.extend_from_slice(b"1:y1:re");
+        router.send_to(&r, from).unwrap();
+    }
+    let _ = p.terminate(secs(5));
+}

@@ -60,6 +60,8 @@ pub const BOOTSTRAP_RETRY: Duration = Duration::from_secs(30);
 pub const MAX_LOOKUP_PEERS: usize = 500;
 /// Imported nodes kept for bootstrapping.
 pub const MAX_IMPORT: usize = 512;
+/// Bootstrap router addresses kept (the config allows 32 names, each giving a few addresses).
+pub const MAX_BOOTSTRAP: usize = 128;
 /// How often the peer store is swept for expired entries.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -333,6 +335,18 @@ impl Dht {
             }
         }
         self.bootstrapped = false;
+        self.last_bootstrap = None;
+        self.next_maintenance = self.next_maintenance.min(now);
+    }
+
+    /// A bootstrap router whose address became known after start (its host name was
+    /// resolved): while the table is empty it is asked at the next maintenance, not after
+    /// the bootstrap retry interval.
+    pub fn add_bootstrap(&mut self, now: Instant, addr: SocketAddr) {
+        if self.cfg.bootstrap.len() >= MAX_BOOTSTRAP || self.cfg.bootstrap.contains(&addr) {
+            return;
+        }
+        self.cfg.bootstrap.push(addr);
         self.last_bootstrap = None;
         self.next_maintenance = self.next_maintenance.min(now);
     }
@@ -753,7 +767,11 @@ impl Dht {
         if self.bootstrap_lookup.is_none() && (!self.bootstrapped || empty) && retry {
             self.last_bootstrap = Some(now);
             if let Ok(id) = self.start_lookup(now, self.own, Kind::FindNode, false) {
-                self.bootstrap_lookup = Some(id);
+                // With nothing to ask (no router known yet) the lookup has already finished;
+                // remembering it would block every later bootstrap.
+                if self.lookups.iter().any(|l| l.id == id) {
+                    self.bootstrap_lookup = Some(id);
+                }
             }
         }
         // Refresh stale buckets, keeping half the lookup slots for the caller.

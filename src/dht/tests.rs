@@ -461,6 +461,32 @@ fn bootstrap_queries_routers_then_their_nodes() {
     assert_eq!(d.stats(now).pending, 0);
 }
 
+/// Bootstrap names are resolved after start: a router added then is asked at once, not after
+/// the 30 s bootstrap retry, and adding it twice sends one query.
+#[test]
+fn empty_bootstrap_router_added_later_is_asked_at_once() {
+    let own = [0x80; 20];
+    let mut d = Dht::new(own, t(0), Config::default(), Rng::new(3));
+    d.handle_timeout(t(0));
+    assert!(d.poll_transmit().is_none(), "no router known yet");
+    d.handle_timeout(t(1));
+    while d.poll_transmit().is_some() {}
+    let boot = a4(100, 6881);
+    d.add_bootstrap(t(2), boot);
+    d.add_bootstrap(t(2), boot);
+    assert_eq!(d.poll_at(), t(2));
+    d.handle_timeout(t(2));
+    let sent: Vec<(SocketAddr, Vec<u8>)> = std::iter::from_fn(|| d.poll_transmit()).collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].0, boot);
+    let m = krpc::parse(&sent[0].1).unwrap();
+    assert!(matches!(m.body, Body::Query(Query::FindNode { target, .. }) if target == own));
+    for i in 0..MAX_BOOTSTRAP as u16 + 5 {
+        d.add_bootstrap(t(3), a6(i, 6881));
+    }
+    assert_eq!(d.cfg.bootstrap.len(), MAX_BOOTSTRAP);
+}
+
 #[test]
 fn answer_from_wrong_address_ignored() {
     let boot = a4(100, 6881);

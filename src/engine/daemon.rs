@@ -86,6 +86,12 @@ pub(super) struct DaemonState {
     uid: u32,
 }
 
+/// A torrent found in the state directory at start-up.
+enum Saved {
+    Torrent((metainfo::Metainfo, Option<Vec<u8>>)),
+    Magnet(crate::magnet::Magnet),
+}
+
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -188,24 +194,42 @@ impl Engine {
     }
 
     /// Re-adds the torrents saved in the state directory, trusting resume data only when it
-    /// is intact and matches the torrent.
+    /// is intact and matches the torrent, and the magnets still waiting for their metadata.
     fn load_saved_torrents(&mut self) {
         let Some(d) = self.daemon.as_mut() else {
             return;
         };
         let saved = d.state.load_all();
+        let magnets = d.state.load_magnets();
         let mut entries = Vec::new();
         for (bytes, resume, path) in saved {
             match parse_torrent_bytes(&bytes) {
-                Ok((meta, info)) => entries.push(((meta, info), resume.ok(), path)),
+                Ok(m) => entries.push((Saved::Torrent(m), resume.ok(), path)),
                 Err(e) => warn!("daemon: {}: {e}; ignored", path.display()),
             }
         }
+        for (uri, resume, path) in magnets {
+            match crate::magnet::parse(&uri) {
+                Ok(m) => entries.push((Saved::Magnet(m), resume.ok(), path)),
+                Err(e) => warn!("daemon: {}: {e}; ignored", path.display()),
+            }
+        }
+        // Oldest IDs first, so each gets its saved ID back before new ones are handed out.
         entries.sort_by_key(|(_, r, _)| r.as_ref().map_or(u32::MAX, |r| r.id));
-        for ((meta, info), resume, path) in entries {
-            let resume =
-                resume.filter(|r| r.info_hash == meta.info_hash && r.pieces == meta.piece_count());
-            if let Err(e) = self.add_meta((meta, info), None, false, resume) {
+        for (saved, resume, path) in entries {
+            let r = match saved {
+                Saved::Torrent((meta, info)) => {
+                    let resume = resume.filter(|r| {
+                        r.info_hash == meta.info_hash && r.pieces == meta.piece_count()
+                    });
+                    self.add_meta((meta, info), None, false, resume)
+                }
+                Saved::Magnet(m) => {
+                    let resume = resume.filter(|r| r.info_hash == m.info_hash);
+                    self.add_pending_magnet(&m, None, false, resume.as_ref())
+                }
+            };
+            if let Err(e) = r {
                 warn!("daemon: {}: {e}", path.display());
             }
         }
@@ -297,11 +321,47 @@ impl Engine {
         Ok(id)
     }
 
+    /// `start` with a magnet link: the link is kept in the state directory with its resume
+    /// data right away, so a restart before the metadata arrives does not forget it.
     fn start_magnet(
         &mut self,
         m: &crate::magnet::Magnet,
         dir: Option<PathBuf>,
         paused: bool,
+    ) -> Result<u32, String> {
+        let id = self.add_pending_magnet(m, dir, paused, None)?;
+        if let Some(d) = self.daemon.as_mut() {
+            d.stats.added += 1;
+        }
+        let now = self.now();
+        let Some(d) = self.daemon.as_mut() else {
+            return Ok(id);
+        };
+        let Some(e) = self.torrents.iter_mut().find(|e| e.id == id) else {
+            return Ok(id);
+        };
+        let saved = d
+            .state
+            .save_magnet(&m.info_hash, &m.to_uri())
+            .and_then(|()| d.state.save_resume(&Self::resume_of(e)));
+        match saved {
+            Ok(()) => {
+                e.dirty = false;
+                e.last_saved = now;
+            }
+            Err(err) => warn!("daemon: saving magnet {id}: {err}"),
+        }
+        Ok(id)
+    }
+
+    /// Adds a magnet that is still fetching its metadata: from `start`, or from the state
+    /// directory with its saved ID, directory and stopped flag.
+    fn add_pending_magnet(
+        &mut self,
+        m: &crate::magnet::Magnet,
+        dir: Option<PathBuf>,
+        paused: bool,
+        resume: Option<&Resume>,
     ) -> Result<u32, String> {
         let d = self.daemon.as_ref().ok_or("not a daemon")?;
         if let Some(e) = self
@@ -311,16 +371,31 @@ impl Engine {
         {
             return Err(format!("torrent already added as ID {}", e.id));
         }
-        let dir = dir.unwrap_or_else(|| d.config.download_dir.clone());
-        let id = d.next_id;
+        if self.torrents.len() >= MAX_TORRENTS {
+            return Err(format!("too many torrents (limit {MAX_TORRENTS})"));
+        }
+        let dir = resume
+            .map(|r| r.dir.clone())
+            .or(dir)
+            .unwrap_or_else(|| d.config.download_dir.clone());
+        let id = match resume {
+            Some(r) if !self.torrents.iter().any(|e| e.id == r.id) && r.id > 0 => r.id,
+            _ => d.next_id,
+        };
         let i = self.add_magnet(m, dir, id)?;
         if let Some(d) = self.daemon.as_mut() {
-            d.next_id = id + 1;
-            d.stats.added += 1;
+            d.next_id = d.next_id.max(id + 1);
         }
         let e = &mut self.torrents[i];
-        e.paused = paused;
-        e.t.state = if paused {
+        if let Some(r) = resume {
+            e.added_at = r.added_at;
+            e.base_downloaded = r.downloaded;
+            e.base_uploaded = r.uploaded;
+            e.seed_ratio = r.seed_ratio;
+            e.seed_time = r.seed_time;
+        }
+        e.paused = paused || resume.is_some_and(|r| r.stopped);
+        e.t.state = if e.paused {
             State::Stopped
         } else {
             State::Queued
@@ -341,6 +416,15 @@ impl Engine {
         let bytes = torrent_file_bytes(info, &e.t.meta.trackers);
         if let Err(err) = d.state.save_torrent(&e.t.meta.info_hash, &bytes) {
             warn!("daemon: saving torrent {}: {err}", e.id);
+            return;
+        }
+        // Resume data for the real torrent (nothing verified yet, so everything on disk is
+        // checked after a crash) keeps its ID; then the magnet link is no longer needed.
+        if let Err(err) = d.state.save_resume(&Self::resume_of(e)) {
+            warn!("daemon: saving resume data of torrent {}: {err}", e.id);
+        }
+        if let Err(err) = d.state.remove_magnet(&e.t.meta.info_hash) {
+            warn!("daemon: removing magnet link of torrent {}: {err}", e.id);
         }
     }
 
@@ -472,6 +556,67 @@ impl Engine {
                 self.start_tracker(i, job, now);
             }
         }
+    }
+
+    /// `resume` of a torrent stopped by an I/O error (disk full, directory vanished): its
+    /// storage is replaced, because descriptors opened before the error may belong to files
+    /// that were unlinked since (writes to them would go nowhere), and every piece is verified
+    /// again, because pieces counted before the error may no longer be on disk. Without its
+    /// directory the torrent stays in error (an unmounted disk must not fill the one below).
+    fn restart_after_error(&mut self, i: usize) -> Result<(), String> {
+        let d = self.daemon.as_ref().ok_or("not a daemon")?;
+        let e = &self.torrents[i];
+        if !e.dir.is_dir() {
+            return Err(format!(
+                "download directory {} does not exist",
+                e.dir.display()
+            ));
+        }
+        let storage = Storage::open(
+            &e.dir,
+            &e.t.meta,
+            direct_io(d.config.direct_io),
+            d.config.max_open_files as usize,
+        )
+        .map_err(|err| err.to_string())?;
+        let settings = Settings {
+            upload_slots: e.t.settings.upload_slots,
+            max_candidates: e.t.settings.max_candidates,
+            listen_port: e.t.settings.listen_port,
+        };
+        let n = e.t.meta.piece_count();
+        let seed = self.rng.next_u64();
+        let mut t = Torrent::new(
+            e.t.meta.clone(),
+            Bitfield::new(n),
+            Box::new(storage),
+            self.bufs.pool.capacity(),
+            self.peer_id,
+            settings,
+            Rng::new(seed),
+        )?;
+        let now = self.now();
+        let e = &mut self.torrents[i];
+        t.info = e.t.info.take();
+        t.candidates = std::mem::replace(&mut e.t.candidates, crate::peer::Candidates::new());
+        t.candidates.reset_connections(now);
+        if let Some(sel) = &e.select {
+            t.select_files(sel);
+        }
+        e.base_downloaded += e.t.downloaded;
+        e.base_uploaded += e.t.uploaded;
+        info!(
+            "daemon: torrent {}: reopening its files in {} and checking them again",
+            e.id,
+            e.dir.display()
+        );
+        // The old storage (and every descriptor it held) is dropped here.
+        e.t = t;
+        e.t.state = State::Checking;
+        e.check_cursor = 0;
+        e.dirty = true;
+        e.finished_reported = false;
+        Ok(())
     }
 
     fn find(&self, id: &str) -> Result<usize, String> {
@@ -918,6 +1063,12 @@ impl Engine {
             },
             Request::Resume { id } => match self.find(&id) {
                 Ok(i) => {
+                    let failed = matches!(self.torrents[i].t.state, State::Error(_));
+                    if failed && self.torrents[i].fetch.is_none() {
+                        if let Err(e) = self.restart_after_error(i) {
+                            return err(1, e);
+                        }
+                    }
                     let e = &mut self.torrents[i];
                     e.paused = false;
                     e.dirty = true;

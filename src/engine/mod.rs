@@ -42,6 +42,7 @@ use crate::udp_tracker::{
 };
 use crate::wire::{self, Handshake};
 
+mod bootstrap;
 mod daemon;
 pub use daemon::{run_daemon, DaemonSettings};
 
@@ -117,9 +118,11 @@ pub struct Options {
     pub progress: Progress,
     /// UDP port shared by the DHT and UDP trackers (0 = any).
     pub dht_port: u16,
-    /// DHT on, with these bootstrap nodes (already resolved) and table cap.
+    /// DHT on, with these bootstrap addresses, host names (resolved inside the loop) and
+    /// table cap.
     pub enable_dht: bool,
     pub dht_bootstrap: Vec<SocketAddr>,
+    pub dht_bootstrap_names: Vec<(String, u16)>,
     pub dht_max_nodes: usize,
     /// Where the DHT routing table is saved between runs (daemon).
     pub dht_state: Option<std::path::PathBuf>,
@@ -235,6 +238,8 @@ pub struct Engine {
     trackers: Slots<TrackerConn>,
     resolvers: Vec<SocketAddr>,
     dns_next_id: u16,
+    /// DHT bootstrap names waiting for their DNS answer.
+    boot_names: Vec<bootstrap::BootName>,
     torrents: Vec<Entry>,
     /// The shared DHT/UDP-tracker sockets: [IPv4, IPv6].
     udp_main: [Option<UdpSocket>; 2],
@@ -320,6 +325,7 @@ impl Engine {
             trackers: Slots::with_capacity(MAX_TRACKER_CONNS),
             resolvers: Vec::new(),
             dns_next_id: (rng.next_u32() & 0xffff) as u16,
+            boot_names: Vec::new(),
             torrents: Vec::new(),
             udp_main: [None, None],
             udp_cache: ConnCache::new(),
@@ -1309,6 +1315,7 @@ impl Engine {
             }
         }
         self.tracker_timeouts(now);
+        self.boot_dns_timeouts(now);
         self.udp_trackers_poll(now);
         self.dht_announce(now);
         self.apply_alt_schedule(now);
@@ -1737,6 +1744,7 @@ impl Engine {
                 }
             }
             self.dht = Some(d);
+            self.bootstrap_names_start(now);
         }
     }
 
@@ -2051,27 +2059,30 @@ impl Engine {
         }
     }
 
-    fn tracker_resolve(&mut self, h: Handle, qtype: dns::QType, now: Instant) {
+    /// Opens the resolver socket (shared by tracker and DHT bootstrap lookups) on first use.
+    fn dns_socket(&mut self) -> Result<(), String> {
         if self.udp.is_none() {
             if self.resolvers.is_empty() {
                 self.resolvers = net::system_resolvers();
             }
-            match net::udp(SocketAddr::new(net::unspecified(false), 0)) {
-                Ok(mut s) => {
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut s, Token(KIND_UDP << 28), Interest::READABLE)
-                        .is_ok()
-                    {
-                        self.udp = Some(s);
-                    }
-                }
-                Err(e) => {
-                    self.tracker_failed(h, format!("dns socket: {e}"), now);
-                    return;
-                }
+            let mut s = net::udp(SocketAddr::new(net::unspecified(false), 0))
+                .map_err(|e| format!("dns socket: {e}"))?;
+            if self
+                .poll
+                .registry()
+                .register(&mut s, Token(KIND_UDP << 28), Interest::READABLE)
+                .is_ok()
+            {
+                self.udp = Some(s);
             }
+        }
+        Ok(())
+    }
+
+    fn tracker_resolve(&mut self, h: Handle, qtype: dns::QType, now: Instant) {
+        if let Err(e) = self.dns_socket() {
+            self.tracker_failed(h, e, now);
+            return;
         }
         self.dns_next_id = self.dns_next_id.wrapping_add(1);
         let id = self.dns_next_id;
@@ -2116,7 +2127,10 @@ impl Engine {
                         && c.dns_id == Some(u16::from_be_bytes([pkt[0], pkt[1]]))
                 })
                 .map(|(h, _)| h);
-            let Some(h) = found else { continue };
+            let Some(h) = found else {
+                self.boot_dns_answer(pkt, now);
+                continue;
+            };
             let (host, qtype, id) = {
                 let c = self.trackers.get(h).expect("found");
                 (c.url.host.clone(), c.dns_qtype, c.dns_id.unwrap_or(0))
