@@ -1,7 +1,7 @@
 //! Layer 3 (I/O shell): every `unsafe` block and raw libc call in the crate lives here.
 //!
 //! Small, safe wrappers over Linux facilities that std does not expose: page-aligned buffers
-//! for `O_DIRECT`, opening with `O_DIRECT`, the kernel RNG, file-system limits (`statfs`), the
+//! for `O_DIRECT`, toggling `O_DIRECT` on a descriptor, the kernel RNG, file-system limits (`statfs`), the
 //! monotonic clock (only `engine.rs` may call `monotonic_ms`), the open-file limit and peak RSS.
 //! This module must not contain protocol logic or policy; it only translates calls. Target
 //! platforms are Linux with glibc or musl on 64- and 32-bit CPUs, so every size comes from a
@@ -13,7 +13,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::ops::{Deref, DerefMut};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::ptr::NonNull;
 
@@ -121,16 +120,20 @@ pub fn touch_pages(buf: &mut [u8]) {
     }
 }
 
-/// Opens `path` with `O_DIRECT` (bypassing the page cache). With `write`, opens read-write and
-/// creates the file if missing (never truncates). File systems without direct I/O (tmpfs on old
-/// kernels, some FUSE and network file systems) fail with `EINVAL`.
-pub fn open_direct(path: &Path, write: bool) -> io::Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.read(true).custom_flags(libc::O_DIRECT);
-    if write {
-        opts.write(true).create(true);
+/// Turns `O_DIRECT` on or off on an open descriptor (`fcntl(F_SETFL)`), so one descriptor per
+/// file serves both aligned direct writes and buffered ones. File systems without direct I/O
+/// (tmpfs on old kernels, some FUSE and network file systems) fail with `EINVAL`.
+pub fn set_direct(file: &File, on: bool) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    // F_SETFL only changes O_APPEND, O_NONBLOCK, O_DIRECT and O_NOATIME (the access mode and
+    // O_LARGEFILE are kept); data files use none of the others, so setting the word to just
+    // O_DIRECT or 0 toggles direct I/O without a preceding F_GETFL.
+    let flags = if on { libc::O_DIRECT } else { 0 };
+    // SAFETY: fcntl on a descriptor we own; F_SETFL takes an int and has no memory effects.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags) } < 0 {
+        return Err(io::Error::last_os_error());
     }
-    opts.open(path)
+    Ok(())
 }
 
 /// Fills `buf` from the kernel CSPRNG (`getrandom(2)`), retrying on `EINTR` and short reads;
@@ -573,10 +576,38 @@ mod tests {
         assert_eq!(fs_block_size(Path::new("/nonexistent/really/not")), None);
     }
 
+    /// F_GETFL of `file`: what the kernel really has set.
+    fn status_flags(file: &File) -> i32 {
+        use std::os::unix::io::AsRawFd;
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) }
+    }
+
     #[test]
-    fn open_direct_missing_file_readonly_fails() {
-        let p = std::env::temp_dir().join(format!("atorrent-sys-missing-{}", std::process::id()));
-        assert!(open_direct(&p, false).is_err());
+    fn set_direct_toggles_flag_keeps_access_mode() {
+        let p = std::env::temp_dir().join(format!("atorrent-sys-direct-{}", std::process::id()));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        let _ = std::fs::remove_file(&p);
+        match set_direct(&f, true) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                eprintln!("temp dir has no O_DIRECT; skipping");
+                return;
+            }
+            r => r.unwrap(),
+        }
+        assert_ne!(status_flags(&f) & libc::O_DIRECT, 0);
+        assert_eq!(status_flags(&f) & libc::O_ACCMODE, libc::O_RDWR);
+        set_direct(&f, false).unwrap();
+        assert_eq!(status_flags(&f) & libc::O_DIRECT, 0);
+        assert_eq!(status_flags(&f) & libc::O_ACCMODE, libc::O_RDWR);
+        // Buffered again: an unaligned write works.
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(b"abc", 1).unwrap();
     }
 
     fn pipe() -> (File, File) {
