@@ -394,6 +394,9 @@ pub struct Config {
     pub watch_dir: Option<PathBuf>,
     /// `direct_io`: default auto.
     pub direct_io: DirectIoMode,
+    /// `async_io`: hand O_DIRECT chunk writes to kernel AIO so the event loop keeps reading
+    /// while the disk works. Default true (falls back to synchronous writes without AIO).
+    pub async_io: bool,
     /// `seed_ratio`: stop seeding at this upload/download ratio; 0 = unlimited (default).
     pub seed_ratio: f64,
     /// `seed_time`: stop seeding after this many seconds; 0 = unlimited (default).
@@ -562,6 +565,10 @@ pub const KEYS: &[(&str, &str)] = &[
     (
         "direct_io",
         "O_DIRECT writes that bypass the page cache: auto, on or off.",
+    ),
+    (
+        "async_io",
+        "Queue O_DIRECT writes with kernel AIO instead of waiting for each: true or false.",
     ),
     (
         "seed_ratio",
@@ -966,6 +973,7 @@ impl Config {
             max_active_seeds: 5,
             watch_dir: None,
             direct_io: DirectIoMode::Auto,
+            async_io: true,
             seed_ratio: 0.0,
             seed_time: 0,
             block_buffers: 64,
@@ -1063,6 +1071,7 @@ impl Config {
                     Some(paths.resolve(value)?)
                 }
             }
+            "async_io" => self.async_io = parse_bool(value)?,
             "direct_io" => {
                 self.direct_io = DirectIoMode::parse(value)
                     .ok_or_else(|| format!("expected auto, on or off, got '{value}'"))?
@@ -1120,6 +1129,7 @@ impl Config {
             "max_active_seeds" => self.max_active_seeds.to_string(),
             "watch_dir" => self.watch_dir.as_deref().map(path_str).unwrap_or_default(),
             "direct_io" => self.direct_io.as_str().to_string(),
+            "async_io" => self.async_io.to_string(),
             "seed_ratio" => self.seed_ratio.to_string(),
             "seed_time" => format_duration(self.seed_time),
             "block_buffers" => self.block_buffers.to_string(),

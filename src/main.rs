@@ -474,6 +474,7 @@ fn engine_options(config: &Config, seed: bool, progress: Progress) -> Options {
         max_half_open: config.max_half_open as usize,
         peer_buffer_size: config.peer_buffer_size as usize,
         chunks: chunk_count(config),
+        async_io: config.async_io,
         seed,
         progress,
         encryption: config.enable_encryption,

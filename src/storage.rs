@@ -23,7 +23,7 @@ use std::str::FromStr;
 
 use crate::hash::{Digest, Sha1};
 use crate::metainfo::Metainfo;
-use crate::sys;
+use crate::sys::{self, DirectChunks};
 
 /// Alignment a write needs (file offset, length and buffer address) to use `O_DIRECT`.
 const DIRECT_ALIGN: u64 = sys::ALIGN as u64;
@@ -183,6 +183,18 @@ fn is_einval(err: &io::Error) -> bool {
 /// for tests of the torrent logic).
 pub trait PieceStore {
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), StorageError>;
+    /// Writes the first `len` bytes of chunk `c` at `offset`, asynchronously where it can
+    /// (`Storage` with O_DIRECT and kernel AIO): the chunk stays busy in `mem` until the
+    /// write completes and `DirectChunks::reap` reports it. Others write at once.
+    fn write_chunk(
+        &mut self,
+        offset: u64,
+        mem: &mut DirectChunks,
+        c: u32,
+        len: usize,
+    ) -> Result<(), StorageError> {
+        self.write(offset, &mem.chunk(c)[..len])
+    }
     /// Fills `out` entirely or fails; never returns bytes that are not stored.
     fn read(&mut self, offset: u64, out: &mut [u8]) -> Result<(), StorageError>;
 
@@ -294,6 +306,8 @@ pub struct IoStats {
     pub reads: u64,
     pub bytes_read: u64,
     pub direct_writes: u64,
+    /// Direct writes handed to kernel AIO (also counted in `direct_writes`).
+    pub async_writes: u64,
     pub buffered_writes: u64,
     pub bytes_written: u64,
 }
@@ -316,6 +330,9 @@ struct FileSlot {
     direct_unavailable: bool,
     logged_direct: bool,
     logged_buffered: bool,
+    /// A synchronous direct write to this file has succeeded: later aligned writes may go
+    /// through kernel AIO.
+    direct_ok: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -413,6 +430,7 @@ impl Storage {
                 fd: None,
                 direct_unavailable: direct == DirectIo::Off,
                 logged_direct: false,
+                direct_ok: false,
                 logged_buffered: false,
             });
         }
@@ -504,6 +522,60 @@ impl Storage {
                 continue;
             }
             self.write_span(i, file_off, &data[range])?;
+        }
+        Ok(())
+    }
+
+    /// `write` from chunk `c` of `mem`, handing each file's aligned interior to kernel AIO when
+    /// the file has already taken a direct write (so the file system is known to accept
+    /// O_DIRECT and an asynchronous EINVAL cannot arise); the rest, and everything when AIO is
+    /// unavailable or its queue is full, is written synchronously as `write` does.
+    pub fn write_chunk(
+        &mut self,
+        offset: u64,
+        mem: &mut DirectChunks,
+        c: u32,
+        len: usize,
+    ) -> Result<(), StorageError> {
+        let len = len.min(mem.chunk_len());
+        self.check_range(offset, len)?;
+        let mut spans = self.spans(offset, len);
+        while let Some((i, file_off, range)) = spans.next(&self.files) {
+            if self.files[i].pad {
+                continue;
+            }
+            let end = file_off + range.len() as u64;
+            let lo = file_off.next_multiple_of(DIRECT_ALIGN);
+            let hi = end - end % DIRECT_ALIGN;
+            let (a, b) = (
+                range.start + (lo - file_off) as usize,
+                range.start + (hi.max(lo) - file_off) as usize,
+            );
+            let f = &self.files[i];
+            let queued = hi > lo
+                && f.direct_ok
+                && !f.direct_unavailable
+                && a % sys::ALIGN == 0
+                && match self.fd(i, Access::Write, Some(true)) {
+                    Ok(file) => mem.submit_write(c, a..b, file, lo).is_ok(),
+                    Err(_) => false,
+                };
+            if queued {
+                self.stats.direct_writes += 1;
+                self.stats.async_writes += 1;
+                self.stats.bytes_written += (b - a) as u64;
+                if a > range.start {
+                    let data = &mem.chunk(c)[range.start..a];
+                    self.write_buffered(i, file_off, data)?;
+                }
+                if b < range.end {
+                    let data = &mem.chunk(c)[b..range.end];
+                    self.write_buffered(i, hi, data)?;
+                }
+            } else {
+                let data = &mem.chunk(c)[range];
+                self.write_span(i, file_off, data)?;
+            }
         }
         Ok(())
     }
@@ -616,6 +688,7 @@ impl Storage {
                 self.stats.direct_writes += 1;
                 self.stats.bytes_written += data.len() as u64;
                 let f = &mut self.files[i];
+                f.direct_ok = true;
                 if !f.logged_direct {
                     f.logged_direct = true;
                     log::debug!("storage: writing {} with direct io", f.path.display());
@@ -868,6 +941,16 @@ impl Storage {
 impl PieceStore for Storage {
     fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), StorageError> {
         Storage::write(self, offset, data)
+    }
+
+    fn write_chunk(
+        &mut self,
+        offset: u64,
+        mem: &mut DirectChunks,
+        c: u32,
+        len: usize,
+    ) -> Result<(), StorageError> {
+        Storage::write_chunk(self, offset, mem, c, len)
     }
 
     fn read(&mut self, offset: u64, out: &mut [u8]) -> Result<(), StorageError> {

@@ -120,6 +120,272 @@ pub fn touch_pages(buf: &mut [u8]) {
     }
 }
 
+/// Equal chunks of one aligned allocation that can be written to files asynchronously with
+/// Linux native AIO (`io_submit`), which on `O_DIRECT` descriptors lets the disk work while the
+/// event loop goes on reading sockets. The memory is owned here so that a chunk the kernel is
+/// still reading from can be neither borrowed mutably nor freed: `chunk_mut` refuses a busy
+/// chunk, and dropping waits for every write in flight (`io_destroy`) before unmapping.
+/// Without AIO (old or trimmed kernels: `io_setup` fails) `submit_write` reports `Unsupported`
+/// and callers write synchronously.
+pub struct DirectChunks {
+    /// Declared first so it is dropped first: `io_destroy` waits for writes in flight before
+    /// `mem` is unmapped.
+    ctx: Option<AioContext>,
+    mem: AlignedBuf,
+    chunk_len: usize,
+    /// Writes in flight per chunk.
+    inflight: Vec<u16>,
+    total_inflight: usize,
+    events: Vec<IoEvent>,
+}
+
+/// Most writes in flight at once: the kernel's queue is sized for this many; more are refused
+/// with `WouldBlock` and written synchronously.
+pub const AIO_QUEUE: usize = 64;
+
+struct AioContext(libc::c_ulong);
+
+impl Drop for AioContext {
+    fn drop(&mut self) {
+        // SAFETY: destroys a context we created; the kernel waits for (or cancels) requests in
+        // flight before returning, so no write reads chunk memory after this.
+        unsafe {
+            libc::syscall(libc::SYS_io_destroy, self.0);
+        }
+    }
+}
+
+/// `struct iocb` of linux/aio_abi.h (64 bytes). `aio_key` and `aio_rw_flags` swap places on
+/// big-endian machines.
+#[repr(C)]
+#[derive(Default)]
+struct Iocb {
+    aio_data: u64,
+    #[cfg(target_endian = "little")]
+    aio_key: u32,
+    aio_rw_flags: i32,
+    #[cfg(target_endian = "big")]
+    aio_key: u32,
+    aio_lio_opcode: u16,
+    aio_reqprio: i16,
+    aio_fildes: u32,
+    aio_buf: u64,
+    aio_nbytes: u64,
+    aio_offset: i64,
+    aio_reserved2: u64,
+    aio_flags: u32,
+    aio_resfd: u32,
+}
+
+/// `struct io_event` of linux/aio_abi.h.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct IoEvent {
+    data: u64,
+    obj: u64,
+    res: i64,
+    res2: i64,
+}
+
+const IOCB_CMD_PWRITE: u16 = 1;
+
+/// One finished asynchronous write: its chunk and the bytes written, or the error.
+pub struct Completion {
+    pub chunk: u32,
+    pub result: io::Result<usize>,
+    /// Bytes the write asked for (a short write is an error for the caller).
+    pub wanted: usize,
+}
+
+impl DirectChunks {
+    /// `chunks` chunks of `chunk_len` bytes (a multiple of `ALIGN`); with `aio` false, or when
+    /// the kernel has no AIO, every write is left to the caller.
+    pub fn new(chunks: usize, chunk_len: usize, aio: bool) -> DirectChunks {
+        let ctx = if aio { AioContext::new() } else { None };
+        DirectChunks {
+            ctx,
+            mem: AlignedBuf::new(chunks * chunk_len),
+            chunk_len,
+            inflight: vec![0; chunks],
+            total_inflight: 0,
+            events: vec![IoEvent::default(); AIO_QUEUE],
+        }
+    }
+
+    pub fn chunk_len(&self) -> usize {
+        self.chunk_len
+    }
+
+    pub fn len(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inflight.is_empty()
+    }
+
+    /// Whether writes can be asynchronous at all.
+    pub fn has_aio(&self) -> bool {
+        self.ctx.is_some()
+    }
+
+    /// Makes the memory resident now (see `touch_pages`).
+    pub fn commit(&mut self) {
+        self.mem.commit();
+    }
+
+    pub fn chunk(&self, c: u32) -> &[u8] {
+        let s = c as usize * self.chunk_len;
+        &self.mem[s..s + self.chunk_len]
+    }
+
+    /// The chunk's memory for filling. Panics if a write from it is in flight: the callers'
+    /// bookkeeping never hands out a busy chunk, and writing into it would corrupt the data on
+    /// its way to disk.
+    pub fn chunk_mut(&mut self, c: u32) -> &mut [u8] {
+        assert_eq!(self.inflight[c as usize], 0, "chunk {c} is being written");
+        let s = c as usize * self.chunk_len;
+        &mut self.mem[s..s + self.chunk_len]
+    }
+
+    pub fn busy(&self, c: u32) -> bool {
+        self.inflight[c as usize] > 0
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.total_inflight
+    }
+
+    /// Queues a write of `range` of chunk `c` to `file` at `offset`. `Unsupported` without
+    /// AIO, `WouldBlock` when the queue is full: the caller then writes synchronously.
+    pub fn submit_write(
+        &mut self,
+        c: u32,
+        range: std::ops::Range<usize>,
+        file: &File,
+        offset: u64,
+    ) -> io::Result<()> {
+        use std::os::unix::io::AsRawFd;
+        let Some(ctx) = &self.ctx else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
+        if self.total_inflight >= AIO_QUEUE {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        if range.start > range.end || range.end > self.chunk_len {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let start = c as usize * self.chunk_len + range.start;
+        let buf = self.mem[start..start + range.len()].as_ptr();
+        let mut cb = Iocb {
+            aio_data: u64::from(c) | (range.len() as u64) << 32,
+            aio_lio_opcode: IOCB_CMD_PWRITE,
+            aio_fildes: file.as_raw_fd() as u32,
+            aio_buf: buf as usize as u64,
+            aio_nbytes: range.len() as u64,
+            aio_offset: offset as i64,
+            ..Iocb::default()
+        };
+        let mut list = [&mut cb as *mut Iocb];
+        // SAFETY: one valid iocb, read by the kernel during the call only. Its buffer lies in
+        // `mem`, which stays mapped and is not handed out mutably while `inflight[c] > 0`
+        // (set below on success); `Drop` waits for the write before unmapping.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_io_submit,
+                ctx.0,
+                1 as libc::c_long,
+                list.as_mut_ptr(),
+            )
+        };
+        if n == 1 {
+            self.inflight[c as usize] += 1;
+            self.total_inflight += 1;
+            Ok(())
+        } else if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Err(e)
+            }
+        } else {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    /// Collects finished writes into `out`: those already done, or with `wait`, at least one
+    /// (when any is in flight).
+    pub fn reap(&mut self, wait: bool, out: &mut Vec<Completion>) {
+        let Some(ctx) = &self.ctx else {
+            return;
+        };
+        if self.total_inflight == 0 {
+            return;
+        }
+        let min = if wait { 1 } else { 0 };
+        let mut zero = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        let timeout = if wait {
+            std::ptr::null_mut()
+        } else {
+            &mut zero as *mut libc::timespec
+        };
+        // SAFETY: `events` has room for `AIO_QUEUE` entries, the count we pass; the timeout
+        // is null (block) or a valid zero timespec.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_io_getevents,
+                ctx.0,
+                min as libc::c_long,
+                AIO_QUEUE as libc::c_long,
+                self.events.as_mut_ptr(),
+                timeout,
+            )
+        };
+        if n <= 0 {
+            return;
+        }
+        for ev in &self.events[..n as usize] {
+            let chunk = (ev.data & 0xffff_ffff) as u32;
+            let wanted = (ev.data >> 32) as usize;
+            if let Some(k) = self.inflight.get_mut(chunk as usize) {
+                *k = k.saturating_sub(1);
+            }
+            self.total_inflight = self.total_inflight.saturating_sub(1);
+            let result = if ev.res < 0 {
+                Err(io::Error::from_raw_os_error((-ev.res) as i32))
+            } else {
+                Ok(ev.res as usize)
+            };
+            out.push(Completion {
+                chunk,
+                result,
+                wanted,
+            });
+        }
+    }
+}
+
+impl AioContext {
+    fn new() -> Option<AioContext> {
+        let mut ctx: libc::c_ulong = 0;
+        // SAFETY: io_setup writes the new context id to `ctx`, which must start at zero.
+        let r = unsafe { libc::syscall(libc::SYS_io_setup, AIO_QUEUE as libc::c_uint, &mut ctx) };
+        if r == 0 {
+            Some(AioContext(ctx))
+        } else {
+            log::debug!(
+                "storage: no kernel aio ({}), writes are synchronous",
+                io::Error::last_os_error()
+            );
+            None
+        }
+    }
+}
+
 /// Turns `O_DIRECT` on or off on an open descriptor (`fcntl(F_SETFL)`), so one descriptor per
 /// file serves both aligned direct writes and buffered ones. File systems without direct I/O
 /// (tmpfs on old kernels, some FUSE and network file systems) fail with `EINVAL`.
@@ -533,6 +799,101 @@ pub fn has_data(file: &File, offset: u64, len: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn direct_file(name: &str) -> Option<(std::path::PathBuf, File)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir().join(format!("atorrent-sys-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+        {
+            Ok(f) => Some((dir, f)),
+            Err(e) => {
+                eprintln!("skipped: no O_DIRECT here ({e})");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn direct_chunks_async_write_lands_and_frees_the_chunk() {
+        let Some((dir, file)) = direct_file("aio") else {
+            return;
+        };
+        let mut dc = DirectChunks::new(2, 8192, true);
+        for (i, b) in dc.chunk_mut(1).iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let want: Vec<u8> = dc.chunk(1).to_vec();
+        let mut done = Vec::new();
+        match dc.submit_write(1, 0..8192, &file, 4096) {
+            Ok(()) => {
+                assert!(dc.busy(1) && !dc.busy(0));
+                assert_eq!(dc.inflight(), 1);
+                for _ in 0..100 {
+                    dc.reap(true, &mut done);
+                    if !done.is_empty() {
+                        break;
+                    }
+                }
+                assert_eq!(done.len(), 1);
+                assert_eq!(done[0].chunk, 1);
+                assert_eq!(done[0].wanted, 8192);
+                assert_eq!(done[0].result.as_ref().ok(), Some(&8192));
+                assert!(!dc.busy(1));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                eprintln!("skipped: no kernel aio");
+                return;
+            }
+            Err(e) => panic!("submit: {e}"),
+        }
+        let got = std::fs::read(dir.join("f")).unwrap();
+        assert_eq!(got.len(), 4096 + 8192);
+        assert!(got[..4096].iter().all(|&b| b == 0));
+        assert_eq!(&got[4096..], &want[..]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn direct_chunks_without_aio_leave_writes_to_the_caller() {
+        let mut dc = DirectChunks::new(1, 4096, false);
+        assert!(!dc.has_aio());
+        let f = File::open("/dev/null").unwrap();
+        let e = dc.submit_write(0, 0..4096, &f, 0).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+        assert!(!dc.busy(0));
+        dc.chunk_mut(0)[0] = 1;
+        let mut done = Vec::new();
+        dc.reap(false, &mut done);
+        assert!(done.is_empty());
+    }
+
+    #[test]
+    fn direct_chunks_bad_range_refused() {
+        let Some((dir, file)) = direct_file("range") else {
+            return;
+        };
+        let mut dc = DirectChunks::new(1, 4096, true);
+        if dc.has_aio() {
+            let e = dc.submit_write(0, 0..8192, &file, 0).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert_eq!(dc.inflight(), 0);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn iocb_matches_the_kernel_abi() {
+        assert_eq!(std::mem::size_of::<Iocb>(), 64);
+        assert_eq!(std::mem::size_of::<IoEvent>(), 32);
+    }
 
     #[test]
     fn aligned_buf_new_is_aligned_zeroed_and_rounded() {

@@ -30,7 +30,7 @@ use crate::peer::{
 use crate::picker::{BlockRef, Picker, PieceSet, Received};
 use crate::rng::Rng;
 use crate::storage::{PieceStore, StorageError};
-use crate::sys::AlignedBuf;
+use crate::sys::{self, AlignedBuf, Completion, DirectChunks};
 use crate::time::Instant;
 use crate::wire::{self, BlockRequest, Message, BLOCK_LEN};
 
@@ -82,6 +82,9 @@ pub fn our_ext_handshake(metadata_size: Option<u32>, pex: bool, listen_port: u16
     .encode()
 }
 
+/// Source of `Torrent::io_owner` tags: unique per torrent for the life of the process.
+static NEXT_IO_OWNER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Scratch buffer for writing a block that found no free chunk and for reading data back to
 /// hash it. 64 KiB reads run at full speed with or without O_DIRECT; a whole chunk here would
 /// cost another 192 KiB of resident memory for no measurable gain.
@@ -95,9 +98,15 @@ pub struct Buffers {
 }
 
 impl Buffers {
+    /// A pool without asynchronous writes (every write completes before `store_block` returns).
     pub fn new(chunks: usize) -> Buffers {
+        Buffers::with_aio(chunks, false)
+    }
+
+    /// With `aio`, chunk writes to O_DIRECT files go through kernel AIO where available.
+    pub fn with_aio(chunks: usize, aio: bool) -> Buffers {
         Buffers {
-            pool: ChunkPool::new(chunks),
+            pool: ChunkPool::new(chunks, aio),
             scratch: AlignedBuf::new(SCRATCH_LEN),
         }
     }
@@ -111,40 +120,133 @@ impl Buffers {
     }
 }
 
-/// A fixed set of `CHUNK_LEN` buffers carved from one aligned allocation.
+/// A fixed set of `CHUNK_LEN` buffers carved from one aligned allocation. A chunk whose write
+/// is still in flight (kernel AIO) is freed only once the write completes; until then the
+/// torrent byte range it is writing is remembered, so reads and writes of the same range wait
+/// for it (`wait_overlap`) and never see or race with stale data.
 pub struct ChunkPool {
-    mem: AlignedBuf,
+    mem: DirectChunks,
     free: Vec<u32>,
+    /// Released by its owner while a write from it was in flight: freed on completion.
+    release_pending: Vec<bool>,
+    /// (owner, torrent offset, length) of each chunk's last submitted write.
+    extent: Vec<(u64, u64, u32)>,
+    done: Vec<Completion>,
+    /// Failed asynchronous writes: (owner, message), collected by the engine.
+    errors: Vec<(u64, String)>,
 }
 
 impl ChunkPool {
-    pub fn new(chunks: usize) -> ChunkPool {
+    pub fn new(chunks: usize, aio: bool) -> ChunkPool {
         let chunks = chunks.max(1);
         ChunkPool {
-            mem: AlignedBuf::new(chunks * CHUNK_LEN),
+            mem: DirectChunks::new(chunks, CHUNK_LEN, aio),
             free: (0..chunks as u32).rev().collect(),
+            release_pending: vec![false; chunks],
+            extent: vec![(0, 0, 0); chunks],
+            done: Vec::with_capacity(sys::AIO_QUEUE),
+            errors: Vec::new(),
         }
     }
-    fn alloc(&mut self) -> Option<u32> {
-        self.free.pop()
+    /// A free chunk, waiting for writes in flight to finish when that frees one: the disk
+    /// being slower than the network then slows the download (back-pressure) instead of
+    /// spilling blocks to small synchronous writes that must be read back to hash.
+    fn alloc_or_wait(&mut self) -> Option<u32> {
+        for _ in 0..=sys::AIO_QUEUE {
+            if let Some(c) = self.free.pop() {
+                return Some(c);
+            }
+            if !self.release_pending.iter().any(|&p| p) {
+                return None;
+            }
+            self.poll(true);
+        }
+        None
     }
     fn release(&mut self, c: u32) {
         debug_assert!(!self.free.contains(&c));
-        self.free.push(c);
+        if self.mem.busy(c) {
+            self.release_pending[c as usize] = true;
+        } else {
+            self.free.push(c);
+        }
     }
     fn get(&self, c: u32) -> &[u8] {
-        let s = c as usize * CHUNK_LEN;
-        &self.mem[s..s + CHUNK_LEN]
+        self.mem.chunk(c)
     }
     fn get_mut(&mut self, c: u32) -> &mut [u8] {
-        let s = c as usize * CHUNK_LEN;
-        &mut self.mem[s..s + CHUNK_LEN]
+        self.mem.chunk_mut(c)
     }
     pub fn available(&self) -> usize {
         self.free.len()
     }
     pub fn capacity(&self) -> usize {
-        self.mem.len() / CHUNK_LEN
+        self.mem.len()
+    }
+    /// Writes in flight.
+    pub fn inflight(&self) -> usize {
+        self.mem.inflight()
+    }
+
+    /// Collects finished writes (with `wait`, blocks for at least one while any is in
+    /// flight), freeing chunks released meanwhile and recording failures.
+    pub fn poll(&mut self, wait: bool) {
+        self.done.clear();
+        self.mem.reap(wait, &mut self.done);
+        for d in self.done.drain(..) {
+            let c = d.chunk as usize;
+            let Some(&(owner, offset, _)) = self.extent.get(c) else {
+                continue;
+            };
+            match d.result {
+                Ok(n) if n == d.wanted => {}
+                Ok(n) => self.errors.push((
+                    owner,
+                    format!("short write at offset {offset}: {n} of {} bytes", d.wanted),
+                )),
+                Err(e) => self
+                    .errors
+                    .push((owner, format!("write at offset {offset} failed: {e}"))),
+            }
+            if !self.mem.busy(d.chunk) && self.release_pending[c] {
+                self.release_pending[c] = false;
+                self.free.push(d.chunk);
+            }
+        }
+    }
+
+    /// Waits until no write of `owner` overlapping `offset..offset + len` is in flight.
+    fn wait_overlap(&mut self, owner: u64, offset: u64, len: u64) {
+        // Bounded: each round completes at least one write, and at most AIO_QUEUE are queued.
+        for _ in 0..=sys::AIO_QUEUE {
+            let hit = (0..self.extent.len()).any(|c| {
+                let (o, off, l) = self.extent[c];
+                self.mem.busy(c as u32)
+                    && o == owner
+                    && off < offset + len
+                    && offset < off + l as u64
+            });
+            if !hit {
+                return;
+            }
+            self.poll(true);
+        }
+    }
+
+    /// Waits until no write of `owner` is in flight.
+    fn wait_owner(&mut self, owner: u64) {
+        self.wait_overlap(owner, 0, u64::MAX / 2);
+    }
+
+    /// The first failed asynchronous write of `owner`, if any.
+    pub fn take_error(&mut self, owner: u64) -> Option<String> {
+        let i = self.errors.iter().position(|(o, _)| *o == owner)?;
+        Some(self.errors.swap_remove(i).1)
+    }
+
+    /// An owner with a failed write waiting to be taken.
+    pub fn error_owner(&self) -> Option<u64> {
+        self.errors.first().map(|(o, _)| *o)
     }
 }
 
@@ -239,6 +341,8 @@ pub struct Torrent {
     info_buf: Vec<PeerInfo>,
     /// Established connections, which share `MAX_INFLIGHT_PER_TORRENT` requests.
     established: usize,
+    /// This torrent's tag on writes in flight in the shared chunk pool.
+    io_owner: u64,
     pub rng: Rng,
 }
 
@@ -308,6 +412,7 @@ impl Torrent {
             choke_buf: Vec::new(),
             info_buf: Vec::new(),
             established: 0,
+            io_owner: NEXT_IO_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             rng,
         })
     }
@@ -393,8 +498,33 @@ impl Torrent {
     }
 
     /// Makes written data durable (before resume data claims it).
-    pub fn sync_storage(&mut self) -> Result<(), String> {
+    pub fn sync_storage(&mut self, bufs: &mut Buffers) -> Result<(), String> {
+        bufs.pool.wait_owner(self.io_owner);
+        self.take_io_error(bufs)?;
         self.store.sync().map_err(|e| e.to_string())
+    }
+
+    /// This torrent's tag on chunk-pool writes (see `ChunkPool::take_error`).
+    pub fn io_owner(&self) -> u64 {
+        self.io_owner
+    }
+
+    /// A failed asynchronous write of this torrent, as an error message.
+    fn take_io_error(&mut self, bufs: &mut Buffers) -> Result<(), String> {
+        match bufs.pool.take_error(self.io_owner) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Called by the engine when an asynchronous write of this torrent failed: as for a
+    /// synchronous failure, partly assembled pieces are dropped and the torrent errs. The
+    /// piece whose write failed may already count as verified, so a later `resume` rechecks.
+    pub fn io_failed(&mut self, bufs: &mut Buffers) {
+        if let Err(e) = self.take_io_error(bufs) {
+            self.release_partials(bufs);
+            self.fail(e);
+        }
     }
 
     /// Verifies stored pieces from `*cursor` on, up to `budget` bytes, marking the ones whose
@@ -424,6 +554,8 @@ impl Torrent {
                 continue;
             }
             spent += len;
+            let off = piece as u64 * self.meta.piece_length as u64;
+            bufs.pool.wait_overlap(self.io_owner, off, len);
             match self.store.hash_piece(&self.meta, piece, &mut bufs.scratch) {
                 Ok(d) if Some(&d) == self.meta.piece_hash(piece) => {
                     self.have.set(piece);
@@ -452,7 +584,11 @@ impl Torrent {
     }
 
     /// Syncs written data (called at shutdown).
-    pub fn flush_storage(&mut self) {
+    pub fn flush_storage(&mut self, bufs: &mut Buffers) {
+        bufs.pool.wait_owner(self.io_owner);
+        if let Err(e) = self.take_io_error(bufs) {
+            warn!("torrent {}: {}", self.meta.name, e);
+        }
         if let Err(e) = self.store.flush() {
             warn!("torrent {}: flush failed: {}", self.meta.name, e);
         }
@@ -1001,7 +1137,7 @@ impl Torrent {
         let win = self.partials[pi].windows[w as usize];
         let mut win = win;
         if win.chunk.is_none() && !win.spilled {
-            match bufs.pool.alloc() {
+            match bufs.pool.alloc_or_wait() {
                 Some(c) => win.chunk = Some(c),
                 None => win.spilled = true,
             }
@@ -1013,6 +1149,7 @@ impl Torrent {
                 // store can still use O_DIRECT (the rx buffer is not aligned).
                 let n = data.len();
                 bufs.scratch[..n].copy_from_slice(data);
+                bufs.pool.wait_overlap(self.io_owner, offset, n as u64);
                 self.store
                     .write(offset, &bufs.scratch[..n])
                     .map_err(|e| e.to_string())?
@@ -1026,8 +1163,12 @@ impl Torrent {
         if win.received as u32 == wblocks {
             if let Some(c) = win.chunk {
                 let woff = self.piece_offset(b.piece) + w as u64 * CHUNK_LEN as u64;
+                // A write of the same bytes still in flight (a piece downloaded again after
+                // failing its hash) must land first.
+                bufs.pool.wait_overlap(self.io_owner, woff, wlen as u64);
+                bufs.pool.extent[c as usize] = (self.io_owner, woff, wlen as u32);
                 self.store
-                    .write(woff, &bufs.pool.get(c)[..wlen])
+                    .write_chunk(woff, &mut bufs.pool.mem, c, wlen)
                     .map_err(|e| e.to_string())?;
             }
             self.advance_hash(pi, bufs);
@@ -1078,6 +1219,7 @@ impl Torrent {
                 }
                 None => {
                     let woff = self.piece_offset(piece) + w as u64 * CHUNK_LEN as u64;
+                    bufs.pool.wait_overlap(self.io_owner, woff, wlen as u64);
                     let mut done = 0;
                     while done < wlen {
                         let n = (wlen - done).min(bufs.scratch.len());
@@ -1106,6 +1248,9 @@ impl Torrent {
                 info!("torrent {}: complete", self.meta.name);
                 self.state = State::Seeding;
                 // With a file selection, unselected files may be missing: sync only.
+                // Every write must have landed before the data is called complete.
+                bufs.pool.wait_owner(self.io_owner);
+                self.take_io_error(bufs)?;
                 let r = if self.wanted.is_some() {
                     self.store.sync()
                 } else {
@@ -1254,7 +1399,7 @@ impl Torrent {
     }
 
     /// Fills `p.tx` with requests and with the blocks it asked for, as far as space allows.
-    pub fn fill_tx(&mut self, p: &mut PeerConn, now: Instant) {
+    pub fn fill_tx(&mut self, p: &mut PeerConn, now: Instant, bufs: &mut Buffers) {
         if !p.is_established() || p.close.is_some() {
             return;
         }
@@ -1309,6 +1454,8 @@ impl Torrent {
             let start = p.tx_len;
             p.tx[start..start + 13]
                 .copy_from_slice(&wire::piece_header(r.index, r.begin, r.length));
+            bufs.pool
+                .wait_overlap(self.io_owner, off, u64::from(r.length));
             if let Err(e) = self.store.read(off, &mut p.tx[start + 13..start + need]) {
                 warn!("torrent {}: read for upload failed: {}", self.meta.name, e);
                 if p.fast {
@@ -1567,8 +1714,8 @@ mod tests {
             seed.handle_rx(&mut a, now, &mut sbufs);
             seed.broadcast(std::iter::once(&mut a));
             leech.broadcast(std::iter::once(&mut b));
-            seed.fill_tx(&mut a, now);
-            leech.fill_tx(&mut b, now);
+            seed.fill_tx(&mut a, now, &mut sbufs);
+            leech.fill_tx(&mut b, now, &mut lbufs);
             if turns % 1000 == 0 {
                 seed.tick(now, Duration::from_secs(1), std::iter::once(&mut a));
                 leech.tick(now, Duration::from_secs(1), std::iter::once(&mut b));

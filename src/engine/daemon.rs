@@ -702,7 +702,7 @@ impl Engine {
             if !force && now.since(e.last_saved) < RESUME_INTERVAL {
                 continue;
             }
-            if let Err(err) = e.t.sync_storage() {
+            if let Err(err) = e.t.sync_storage(&mut self.bufs) {
                 warn!("daemon: torrent {}: sync failed: {err}", e.id);
                 continue;
             }

@@ -103,6 +103,8 @@ pub struct Options {
     pub peer_buffer_size: usize,
     /// 256 KiB assembly chunks shared by all torrents.
     pub chunks: usize,
+    /// Write completed chunks through kernel AIO where the kernel and file system allow.
+    pub async_io: bool,
     /// Keep running and seeding once complete.
     pub seed: bool,
     /// MSE/PE: off (plaintext only), prefer (try encrypted, fall back), require.
@@ -336,7 +338,7 @@ impl Engine {
             wake_at: None,
             alt_active: false,
             bufs: {
-                let mut b = Buffers::new(opts.chunks);
+                let mut b = Buffers::with_aio(opts.chunks, opts.async_io);
                 b.commit();
                 b
             },
@@ -504,7 +506,12 @@ impl Engine {
                 if let Some(d) = &self.dht {
                     wake = wake.min(d.poll_at());
                 }
-                wake.since(now).min(Duration::from_millis(1000))
+                let mut t = wake.since(now).min(Duration::from_millis(1000));
+                if self.bufs.pool.inflight() > 0 {
+                    // Chunks come back only when their writes are reaped.
+                    t = t.min(Duration::from_millis(1));
+                }
+                t
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -550,6 +557,7 @@ impl Engine {
                 self.read_peer(h, now);
             }
             self.dht_drive(now);
+            self.reap_writes();
             self.after_io(now);
             if now.since(self.last_tick) >= Duration::from_secs(1) {
                 let elapsed = now.since(self.last_tick);
@@ -593,7 +601,7 @@ impl Engine {
         let deadline = self.shutdown?;
         if self.trackers.is_empty() || now >= deadline {
             for e in &mut self.torrents {
-                e.t.flush_storage();
+                e.t.flush_storage(&mut self.bufs);
             }
             return self.outcome.take();
         }
@@ -789,7 +797,7 @@ impl Engine {
                 let e = &mut self.torrents[ti];
                 match e.fetch.as_mut() {
                     Some(f) => f.fill_tx(p, now),
-                    None => e.t.fill_tx(p, now),
+                    None => e.t.fill_tx(p, now, &mut self.bufs),
                 }
             }
             if p.tx_pending().is_empty() {
@@ -854,6 +862,24 @@ impl Engine {
         if granted > 0 {
             if let Some(e) = p.torrent.and_then(|ti| self.torrents.get_mut(ti)) {
                 self.up.refund(&mut e.up_bucket, granted);
+            }
+        }
+    }
+
+    /// Collects finished asynchronous chunk writes (freeing their chunks) and fails the
+    /// torrents whose writes failed.
+    fn reap_writes(&mut self) {
+        if self.bufs.pool.inflight() == 0 {
+            return;
+        }
+        self.bufs.pool.poll(false);
+        while let Some(owner) = self.bufs.pool.error_owner() {
+            match self.torrents.iter_mut().find(|e| e.t.io_owner() == owner) {
+                Some(e) => e.t.io_failed(&mut self.bufs),
+                None => {
+                    // The torrent is gone: nothing to fail.
+                    let _ = self.bufs.pool.take_error(owner);
+                }
             }
         }
     }
