@@ -1299,7 +1299,7 @@ impl Engine {
             let e = &mut self.torrents[ti];
             match e.fetch.as_mut() {
                 Some(f) => f.tick(now, peers),
-                None => e.t.tick(now, elapsed, peers),
+                None => e.t.tick(now, elapsed, peers, &mut self.bufs),
             }
         }
         if self.shutdown.is_none() {
