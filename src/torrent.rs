@@ -276,7 +276,8 @@ pub struct Torrent {
     pub settings: Settings,
     store: Box<dyn PieceStore>,
     partials: Vec<Partial>,
-    choker: Choker,
+    /// Exists while peers are established: an idle torrent has no one to choke.
+    choker: Option<Box<Choker>>,
     events: Vec<Event>,
     /// Pieces verified since the last broadcast of `have` messages.
     new_haves: Vec<u32>,
@@ -318,7 +319,6 @@ impl Torrent {
         } else {
             State::Downloading
         };
-        let choker = Choker::new(settings.upload_slots.max(1));
         let mut t = Torrent {
             meta,
             dl: Some(Box::new(dl)),
@@ -337,7 +337,7 @@ impl Torrent {
             settings,
             store,
             partials: Vec::new(),
-            choker,
+            choker: None,
             events: Vec::new(),
             new_haves: Vec::new(),
             banned: Vec::new(),
@@ -604,6 +604,9 @@ impl Torrent {
     pub fn on_established(&mut self, p: &mut PeerConn, now: Instant) {
         p.phase = Phase::Established;
         self.established += 1;
+        let slots = self.settings.upload_slots.max(1);
+        self.choker
+            .get_or_insert_with(|| Box::new(Choker::new(slots)));
         p.have = Bitfield::new(self.meta.piece_count());
         p.last_rx = now;
         let count = self.have.count();
@@ -649,7 +652,12 @@ impl Torrent {
             }
             p.outstanding.clear();
         }
-        self.choker.remove_peer(slot_key(p));
+        if let Some(c) = self.choker.as_mut() {
+            c.remove_peer(slot_key(p));
+        }
+        if self.established == 0 {
+            self.choker = None;
+        }
         let reason = p.close.clone().unwrap_or(CloseReason::PeerClosed);
         self.candidate_closed(p.addr, &reason, now);
     }
@@ -739,7 +747,13 @@ impl Torrent {
             }
             Message::Interested => {
                 p.peer_interested = true;
-                if p.am_choking && self.choker.free_slot_for(now, slot_key(p)) {
+                let key = slot_key(p);
+                if p.am_choking
+                    && self
+                        .choker
+                        .as_mut()
+                        .is_some_and(|c| c.free_slot_for(now, key))
+                {
                     self.unchoke(p);
                 }
             }
@@ -1531,7 +1545,7 @@ impl Torrent {
         if !self.meta.private {
             Self::send_pex(now, &mut list);
         }
-        if now >= self.choker.poll_at() {
+        if self.choker.as_ref().is_some_and(|c| now >= c.poll_at()) {
             bufs.peer_info.clear();
             for p in list.iter() {
                 bufs.peer_info.push(PeerInfo {
@@ -1546,14 +1560,16 @@ impl Torrent {
             }
             bufs.choke_out.clear();
             let seeding = self.state == State::Seeding;
-            self.choker.rechoke(
-                now,
-                seeding,
-                &bufs.peer_info,
-                &mut self.rng,
-                &mut bufs.choke_out,
-                &mut bufs.choker,
-            );
+            if let Some(c) = self.choker.as_mut() {
+                c.rechoke(
+                    now,
+                    seeding,
+                    &bufs.peer_info,
+                    &mut self.rng,
+                    &mut bufs.choke_out,
+                    &mut bufs.choker,
+                );
+            }
             for &(key, unchoke) in &bufs.choke_out {
                 if let Some(p) = list.iter_mut().find(|p| slot_key(p) == key) {
                     if unchoke {
@@ -1877,6 +1893,25 @@ mod tests {
         assert!(a.close.is_none(), "an unrequested block is not a violation");
         assert_eq!(seed.wasted, 16384);
         assert!(!seed.has_download_state());
+    }
+
+    #[test]
+    fn established_last_peer_closes_drops_choker() {
+        let data = test_data(50_000);
+        let mut seed = torrent(&data, false, true, 6881, 1);
+        let mut leech = torrent(&data, false, false, 6881, 2);
+        assert!(seed.choker.is_none(), "no peers, no choker");
+        let (mut a, mut b) = pair(&mut seed, &mut leech, true);
+        assert!(seed.choker.is_some());
+        // The leecher's interest is answered through the choker's free slot.
+        pipe(&mut a, &mut b);
+        leech.handle_rx(&mut b, Instant::ZERO, &mut Buffers::new(1));
+        assert!(b.am_interested);
+        pipe(&mut b, &mut a);
+        seed.handle_rx(&mut a, Instant::ZERO, &mut Buffers::new(1));
+        assert!(a.peer_interested && !a.am_choking, "unchoked at once");
+        seed.on_closed(&mut a, Instant::ZERO);
+        assert!(seed.choker.is_none(), "dropped with the last peer");
     }
 
     #[test]

@@ -2563,3 +2563,15 @@ pub fn human(n: u64) -> String {
         format!("{v:.1} {}", UNITS[u])
     }
 }
+#[cfg(test)]
+mod size_tests {
+    /// Issue 8: a daemon holds thousands of mostly idle torrents, so every byte of an entry
+    /// counts per torrent. Download state, the choker and rare settings are boxed; this fails
+    /// when a field lands inline again (64-bit layout: Entry 896, Torrent 584 bytes now).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn entry_inline_size_stays_under_a_kib() {
+        assert!(std::mem::size_of::<super::Entry>() <= 928);
+        assert!(std::mem::size_of::<crate::torrent::Torrent>() <= 608);
+    }
+}
