@@ -57,7 +57,12 @@ pub struct Choker {
     unchoked: Vec<u32>,
     /// (key, last time it went from choked to unchoked), sorted by key. Fair tie-break.
     history: Vec<(u32, Instant)>,
-    // Scratch buffers reused across calls.
+}
+
+/// Working memory of `Choker::rechoke`, kept by the caller and shared by all its chokers, so
+/// an idle torrent does not carry buffers it uses once every 10 s.
+#[derive(Default)]
+pub struct Scratch {
     order: Vec<usize>,
     want: Vec<bool>,
 }
@@ -72,8 +77,6 @@ impl Choker {
             optimistic_at: Instant::ZERO,
             unchoked: Vec::new(),
             history: Vec::new(),
-            order: Vec::new(),
-            want: Vec::new(),
         }
     }
 
@@ -105,6 +108,7 @@ impl Choker {
         peers: &[PeerInfo],
         rng: &mut Rng,
         out: &mut Vec<(u32, bool)>,
+        scratch: &mut Scratch,
     ) {
         self.next_rechoke = now + RECHOKE_INTERVAL;
         self.history
@@ -113,7 +117,7 @@ impl Choker {
         // Regular slots: rank interested peers. Leeching reciprocates (their upload to us);
         // seeding uses our upload to them (BEP 3: "If a downloader has a complete file, it uses
         // its upload rate"). Snubbed peers gave us nothing lately: no reciprocation slot.
-        let mut order = std::mem::take(&mut self.order);
+        let order = &mut scratch.order;
         order.clear();
         order.extend(
             (0..peers.len()).filter(|&i| peers[i].interested && (seeding || !peers[i].snubbed)),
@@ -127,15 +131,14 @@ impl Choker {
                 .then_with(|| pa.key.cmp(&pb.key))
         });
         let regular = self.upload_slots.saturating_sub(1).min(order.len());
-        let mut want = std::mem::take(&mut self.want);
+        let want = &mut scratch.want;
         want.clear();
         want.resize(peers.len(), false);
         for &i in &order[..regular] {
             want[i] = true;
         }
-        self.order = order;
 
-        self.choose_optimistic(now, peers, &want, rng);
+        self.choose_optimistic(now, peers, want, rng);
         if let Some(k) = self.optimistic {
             if let Some(i) = peers.iter().position(|p| p.key == k) {
                 want[i] = true;
@@ -143,7 +146,7 @@ impl Choker {
         }
 
         self.unchoked.clear();
-        for (p, &w) in peers.iter().zip(&want) {
+        for (p, &w) in peers.iter().zip(want.iter()) {
             if w {
                 self.unchoked.push(p.key);
             }
@@ -154,7 +157,6 @@ impl Choker {
                 }
             }
         }
-        self.want = want;
     }
 
     /// Fast path between rechokes: `key` just became interested. Returns true if a slot is
@@ -288,7 +290,15 @@ mod tests {
         rng: &mut Rng,
     ) -> Vec<(u32, bool)> {
         let mut out = Vec::new();
-        ch.rechoke(Instant::from_secs(secs), seeding, peers, rng, &mut out);
+        let mut scratch = Scratch::default();
+        ch.rechoke(
+            Instant::from_secs(secs),
+            seeding,
+            peers,
+            rng,
+            &mut out,
+            &mut scratch,
+        );
         for &(k, unchoke) in &out {
             let p = peers.iter_mut().find(|p| p.key == k).unwrap();
             assert_eq!(p.choked, unchoke, "change {k} is not a change");
@@ -512,6 +522,7 @@ mod tests {
             &[],
             &mut Rng::new(1),
             &mut out,
+            &mut Scratch::default(),
         );
         assert!(out.is_empty());
         assert_eq!(ch.poll_at(), Instant::from_secs(15));

@@ -18,7 +18,7 @@ use std::time::Duration;
 use log::{debug, info, warn};
 
 use crate::bitfield::Bitfield;
-use crate::choker::{Choker, PeerInfo};
+use crate::choker::{self, Choker, PeerInfo};
 use crate::ext::{self, ExtHandshake, MetadataMsg, PexMessage};
 use crate::hash::Sha1;
 use crate::metainfo::Metainfo;
@@ -95,6 +95,11 @@ pub const SCRATCH_LEN: usize = 64 * 1024;
 pub struct Buffers {
     pub pool: ChunkPool,
     pub scratch: AlignedBuf,
+    /// Rechoke working memory (peer summaries in, changes out, the choker's own), used by one
+    /// torrent at a time instead of being kept by each.
+    peer_info: Vec<PeerInfo>,
+    choke_out: Vec<(u32, bool)>,
+    choker: choker::Scratch,
 }
 
 impl Buffers {
@@ -108,6 +113,9 @@ impl Buffers {
         Buffers {
             pool: ChunkPool::new(chunks, aio),
             scratch: AlignedBuf::new(SCRATCH_LEN),
+            peer_info: Vec::new(),
+            choke_out: Vec::new(),
+            choker: choker::Scratch::default(),
         }
     }
 
@@ -305,9 +313,54 @@ pub struct Settings {
     pub listen_port: u16,
 }
 
+/// What only a torrent still missing pieces needs: the picker (12 bytes a piece) and the
+/// request scratch. A complete torrent drops it (most torrents of a long-running daemon seed
+/// idle), and it is rebuilt from `have` and `wanted` if pieces become wanted again.
+struct Download {
+    picker: Picker,
+    /// Blocks received while other peers still have them requested (endgame).
+    cancels: Vec<BlockRef>,
+    pick_buf: Vec<BlockRef>,
+    already_buf: Vec<BlockRef>,
+}
+
+impl Download {
+    /// A picker that counts `have` and every piece outside `wanted` as had. Peer availability
+    /// starts at zero: peers already connected are counted again only by later messages, which
+    /// only skews rarest-first until they reconnect.
+    fn new(
+        meta: &Metainfo,
+        max_partials: u32,
+        have: &Bitfield,
+        wanted: Option<&Bitfield>,
+    ) -> Result<Download, String> {
+        let mut picker = Picker::new(
+            meta.piece_count(),
+            meta.piece_length,
+            meta.total_length,
+            max_partials as usize,
+        )
+        .map_err(|e| e.to_string())?;
+        for p in 0..meta.piece_count() {
+            if have.get(p) || wanted.is_some_and(|w| !w.get(p)) {
+                picker.set_have(p);
+            }
+        }
+        Ok(Download {
+            picker,
+            cancels: Vec::new(),
+            pick_buf: Vec::new(),
+            already_buf: Vec::new(),
+        })
+    }
+}
+
 pub struct Torrent {
     pub meta: Metainfo,
-    pub picker: Picker,
+    /// `Some` exactly while wanted pieces are missing (or partly assembled pieces remain).
+    dl: Option<Box<Download>>,
+    /// Partly assembled pieces allowed at once, for rebuilding `dl`.
+    max_partials: u32,
     pub have: Bitfield,
     pub state: State,
     pub peer_id: [u8; 20],
@@ -325,20 +378,15 @@ pub struct Torrent {
     pub settings: Settings,
     store: Box<dyn PieceStore>,
     partials: Vec<Partial>,
-    choker: Choker,
+    /// Exists while peers are established: an idle torrent has no one to choke.
+    choker: Option<Box<Choker>>,
     events: Vec<Event>,
     /// Pieces verified since the last broadcast of `have` messages.
     new_haves: Vec<u32>,
-    /// Blocks received while other peers still have them requested (endgame).
-    cancels: Vec<BlockRef>,
     /// Peers banned since the engine last asked (`poll_banned`), to be closed at once.
     banned: Vec<SocketAddr>,
     /// Finished partial-piece records kept for reuse.
     spare_partials: Vec<Partial>,
-    pick_buf: Vec<BlockRef>,
-    already_buf: Vec<BlockRef>,
-    choke_buf: Vec<(u32, bool)>,
-    info_buf: Vec<PeerInfo>,
     /// Established connections, which share `MAX_INFLIGHT_PER_TORRENT` requests.
     established: usize,
     /// This torrent's tag on writes in flight in the shared chunk pool.
@@ -367,26 +415,18 @@ impl Torrent {
         // peers work on different pieces.
         // A floor of 32 keeps a few peers that never answer from holding every slot, which
         // would leave nothing new to request from the others.
-        let max_partials = (chunks.max(1) + 4).max(32);
-        let mut picker = Picker::new(
-            meta.piece_count(),
-            meta.piece_length,
-            meta.total_length,
-            max_partials,
-        )
-        .map_err(|e| e.to_string())?;
-        for p in have.iter_set() {
-            picker.set_have(p);
-        }
+        let max_partials = u32::try_from((chunks.max(1) + 4).max(32)).unwrap_or(u32::MAX);
+        // Built even for a complete torrent: it validates the geometry (piece count, lengths).
+        let dl = Download::new(&meta, max_partials, &have, None)?;
         let state = if have.is_full() {
             State::Seeding
         } else {
             State::Downloading
         };
-        let choker = Choker::new(settings.upload_slots.max(1));
-        Ok(Torrent {
+        let mut t = Torrent {
             meta,
-            picker,
+            dl: Some(Box::new(dl)),
+            max_partials,
             have,
             state,
             peer_id,
@@ -401,20 +441,33 @@ impl Torrent {
             settings,
             store,
             partials: Vec::new(),
-            choker,
+            choker: None,
             events: Vec::new(),
             new_haves: Vec::new(),
-            cancels: Vec::new(),
             banned: Vec::new(),
             spare_partials: Vec::new(),
-            pick_buf: Vec::new(),
-            already_buf: Vec::new(),
-            choke_buf: Vec::new(),
-            info_buf: Vec::new(),
             established: 0,
             io_owner: NEXT_IO_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             rng,
-        })
+        };
+        t.settle_download();
+        Ok(t)
+    }
+
+    /// Drops the download state once nothing is left to fetch: no wanted piece missing, no
+    /// partly assembled piece (whose chunks only `release_partials` can return) and no endgame
+    /// cancel still to broadcast.
+    fn settle_download(&mut self) {
+        let cancels = self.dl.as_ref().is_some_and(|d| !d.cancels.is_empty());
+        if self.is_complete() && self.partials.is_empty() && !cancels {
+            self.dl = None;
+            self.spare_partials = Vec::new();
+        }
+    }
+
+    /// Whether the picker and request state are held (false for a complete torrent).
+    pub fn has_download_state(&self) -> bool {
+        self.dl.is_some()
     }
 
     pub fn info_hash(&self) -> &[u8; 20] {
@@ -454,7 +507,8 @@ impl Torrent {
 
     /// BEP 53 file selection: only pieces overlapping files whose index is in one of the
     /// inclusive `ranges` are downloaded. The picker is told the others are had, so it never
-    /// asks for them; pieces shared with a selected file are still fetched whole.
+    /// asks for them; pieces shared with a selected file are still fetched whole. A selection
+    /// that wants pieces again (after completion, or wider than before) rebuilds the picker.
     pub fn select_files(&mut self, ranges: &[(u32, u32)]) {
         let n = self.meta.piece_count();
         let plen = self.meta.piece_length as u64;
@@ -470,14 +524,24 @@ impl Torrent {
                 wanted.set(p);
             }
         }
-        let mut missing = 0;
-        for p in 0..n {
-            if wanted.get(p) {
-                if !self.have.get(p) {
-                    missing += 1;
+        let missing = wanted.iter_set().filter(|&p| !self.have.get(p)).count() as u32;
+        let rebuild = match &self.dl {
+            None => missing > 0,
+            // The old picker counts pieces left out before as had; it cannot take them back.
+            Some(d) => {
+                self.partials.is_empty()
+                    && wanted
+                        .iter_set()
+                        .any(|p| !self.have.get(p) && d.picker.have(p))
+            }
+        };
+        if rebuild {
+            self.rebuild_download(Some(&wanted));
+        } else if let Some(d) = self.dl.as_mut() {
+            for p in 0..n {
+                if !wanted.get(p) && !self.have.get(p) {
+                    d.picker.set_have(p);
                 }
-            } else if !self.have.get(p) {
-                self.picker.set_have(p);
             }
         }
         info!(
@@ -490,7 +554,31 @@ impl Torrent {
         self.wanted_missing = missing;
         if missing == 0 {
             self.state = State::Seeding;
+        } else if self.state == State::Seeding {
+            self.state = State::Downloading;
         }
+        self.settle_download();
+    }
+
+    /// Builds the download state afresh from `have` and `wanted`.
+    fn rebuild_download(&mut self, wanted: Option<&Bitfield>) {
+        match Download::new(&self.meta, self.max_partials, &self.have, wanted) {
+            Ok(d) => self.dl = Some(Box::new(d)),
+            // The geometry passed the same check in `new`; fail visibly rather than panic.
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn picker_mut(&mut self) -> Option<&mut Picker> {
+        self.dl.as_mut().map(|d| &mut d.picker)
+    }
+
+    /// Length of block `block` of `piece` (the last block of the last piece may be short); 0
+    /// when out of range.
+    fn block_len(&self, piece: u32, block: u32) -> u32 {
+        let size = self.meta.piece_len(piece) as u64;
+        let off = block as u64 * BLOCK_LEN as u64;
+        size.saturating_sub(off).min(BLOCK_LEN as u64) as u32
     }
 
     pub fn store_mut(&mut self) -> &mut dyn PieceStore {
@@ -559,12 +647,15 @@ impl Torrent {
             match self.store.hash_piece(&self.meta, piece, &mut bufs.scratch) {
                 Ok(d) if Some(&d) == self.meta.piece_hash(piece) => {
                     self.have.set(piece);
-                    self.picker.set_have(piece);
+                    if let Some(pk) = self.picker_mut() {
+                        pk.set_have(piece);
+                    }
                 }
                 Ok(_) | Err(StorageError::NotPresent { .. }) => {}
                 Err(e) => return Err(e.to_string()),
             }
         }
+        self.settle_download();
         Ok(*cursor >= n)
     }
 
@@ -576,11 +667,16 @@ impl Torrent {
                     bufs.pool.release(c);
                 }
             }
-            self.picker.abandon(part.piece);
+            if let Some(pk) = self.picker_mut() {
+                pk.abandon(part.piece);
+            }
             self.spare_partials.push(part);
         }
         self.new_haves.clear();
-        self.cancels.clear();
+        if let Some(d) = self.dl.as_mut() {
+            d.cancels.clear();
+        }
+        self.settle_download();
     }
 
     /// Syncs written data (called at shutdown).
@@ -644,6 +740,9 @@ impl Torrent {
     pub fn on_established(&mut self, p: &mut PeerConn, now: Instant) {
         p.phase = Phase::Established;
         self.established += 1;
+        let slots = self.settings.upload_slots.max(1);
+        self.choker
+            .get_or_insert_with(|| Box::new(Choker::new(slots)));
         p.have = Bitfield::new(self.meta.piece_count());
         p.last_rx = now;
         let count = self.have.count();
@@ -677,16 +776,24 @@ impl Torrent {
     pub fn on_closed(&mut self, p: &mut PeerConn, now: Instant) {
         if p.phase == Phase::Established {
             self.established = self.established.saturating_sub(1);
-            for o in p.outstanding.drain(..) {
-                self.picker.request_dropped(o.block);
+            if let Some(pk) = self.dl.as_mut().map(|d| &mut d.picker) {
+                for o in p.outstanding.drain(..) {
+                    pk.request_dropped(o.block);
+                }
+                if p.seed {
+                    pk.remove_seed();
+                } else if p.have.count() > 0 {
+                    pk.remove_peer(&p.have);
+                }
             }
-            if p.seed {
-                self.picker.remove_seed();
-            } else if p.have.count() > 0 {
-                self.picker.remove_peer(&p.have);
-            }
+            p.outstanding.clear();
         }
-        self.choker.remove_peer(slot_key(p));
+        if let Some(c) = self.choker.as_mut() {
+            c.remove_peer(slot_key(p));
+        }
+        if self.established == 0 {
+            self.choker = None;
+        }
         let reason = p.close.clone().unwrap_or(CloseReason::PeerClosed);
         self.candidate_closed(p.addr, &reason, now);
     }
@@ -765,7 +872,9 @@ impl Torrent {
                 // rejects them explicitly, but dropping them here is safe either way: a late
                 // piece for a dropped block is still accepted if we lack it.
                 for o in p.outstanding.drain(..) {
-                    self.picker.request_dropped(o.block);
+                    if let Some(pk) = self.dl.as_mut().map(|d| &mut d.picker) {
+                        pk.request_dropped(o.block);
+                    }
                 }
             }
             Message::Unchoke => {
@@ -774,7 +883,13 @@ impl Torrent {
             }
             Message::Interested => {
                 p.peer_interested = true;
-                if p.am_choking && self.choker.free_slot_for(now, slot_key(p)) {
+                let key = slot_key(p);
+                if p.am_choking
+                    && self
+                        .choker
+                        .as_mut()
+                        .is_some_and(|c| c.free_slot_for(now, key))
+                {
                     self.unchoke(p);
                 }
             }
@@ -788,12 +903,15 @@ impl Torrent {
                 }
                 if !p.have.get(i) && !p.seed {
                     p.have.set(i);
-                    self.picker.peer_has(i);
-                    if p.have.is_full() {
-                        self.picker.remove_peer(&p.have);
-                        self.picker.add_seed();
-                        p.seed = true;
+                    let full = p.have.is_full();
+                    if let Some(pk) = self.picker_mut() {
+                        pk.peer_has(i);
+                        if full {
+                            pk.remove_peer(&p.have);
+                            pk.add_seed();
+                        }
                     }
+                    p.seed = full;
                 }
                 self.update_interest(p);
             }
@@ -801,22 +919,25 @@ impl Torrent {
                 // BEP 3 allows a bitfield only first, but aria2 sends one again later; treat a
                 // late bitfield as a full restatement of what the peer has.
                 if !first {
-                    if p.seed {
-                        self.picker.remove_seed();
-                        p.seed = false;
-                    } else {
-                        self.picker.remove_peer(&p.have);
+                    if let Some(pk) = self.dl.as_mut().map(|d| &mut d.picker) {
+                        if p.seed {
+                            pk.remove_seed();
+                        } else {
+                            pk.remove_peer(&p.have);
+                        }
                     }
+                    p.seed = false;
                 }
                 match Bitfield::from_bytes(bits, n) {
                     Ok(b) => {
-                        if b.is_full() {
-                            p.seed = true;
-                            self.picker.add_seed();
-                            p.have = b;
-                        } else {
-                            p.have = b;
-                            self.picker.add_peer(&p.have);
+                        p.seed = b.is_full();
+                        p.have = b;
+                        if let Some(pk) = self.dl.as_mut().map(|d| &mut d.picker) {
+                            if p.seed {
+                                pk.add_seed();
+                            } else {
+                                pk.add_peer(&p.have);
+                            }
                         }
                     }
                     Err(e) => {
@@ -834,7 +955,9 @@ impl Torrent {
             Message::HaveAll => {
                 p.seed = true;
                 p.have.set_all();
-                self.picker.add_seed();
+                if let Some(pk) = self.picker_mut() {
+                    pk.add_seed();
+                }
                 self.update_interest(p);
             }
             Message::HaveNone => {}
@@ -860,7 +983,9 @@ impl Torrent {
                 if let Some(b) = self.block_of(r) {
                     if let Some(i) = p.outstanding.iter().position(|o| o.block == b) {
                         p.outstanding.swap_remove(i);
-                        self.picker.request_dropped(b);
+                        if let Some(pk) = self.picker_mut() {
+                            pk.request_dropped(b);
+                        }
                     }
                 }
             }
@@ -872,7 +997,9 @@ impl Torrent {
             }
             Message::Suggest(i) => {
                 if i < n {
-                    self.picker.suggest(i);
+                    if let Some(pk) = self.picker_mut() {
+                        pk.suggest(i);
+                    }
                 }
             }
             Message::Port(_) => {}
@@ -975,7 +1102,7 @@ impl Torrent {
             piece: r.index,
             block: r.begin / BLOCK_LEN,
         };
-        if r.length != self.picker.block_len(b.piece, b.block) || r.length == 0 {
+        if r.length != self.block_len(b.piece, b.block) || r.length == 0 {
             return None;
         }
         Some(b)
@@ -1042,7 +1169,13 @@ impl Torrent {
             self.wasted += data.len() as u64;
             return;
         }
-        match self.picker.block_received(b) {
+        // Without download state (complete torrent) no block is expected.
+        let Some(d) = self.dl.as_mut() else {
+            self.wasted += data.len() as u64;
+            p.unexpected_blocks += 1;
+            return;
+        };
+        match d.picker.block_received(b) {
             Received::New => {}
             Received::Duplicate | Received::Unexpected => {
                 self.wasted += data.len() as u64;
@@ -1050,8 +1183,8 @@ impl Torrent {
                 return;
             }
         }
-        if self.picker.in_endgame() {
-            self.cancels.push(b);
+        if d.picker.in_endgame() {
+            d.cancels.push(b);
         }
         self.downloaded += data.len() as u64;
         if let Err(e) = self.store_block(p.addr, b, data, bufs) {
@@ -1075,7 +1208,7 @@ impl Torrent {
         if let Some(i) = self.partials.iter().position(|x| x.piece == piece) {
             return i;
         }
-        let blocks = self.picker.blocks_in_piece(piece);
+        let blocks = self.meta.piece_len(piece).div_ceil(BLOCK_LEN);
         let nwin = blocks.div_ceil(WINDOW_BLOCKS) as usize;
         // Finished partials are recycled, so the steady state of a download allocates nothing
         // per piece (see tests/alloc.rs).
@@ -1237,7 +1370,9 @@ impl Torrent {
         let digest = part.sha.finish();
         let expected = self.meta.piece_hash(piece).copied().unwrap_or([0; 20]);
         if digest == expected {
-            self.picker.piece_passed(piece);
+            if let Some(pk) = self.picker_mut() {
+                pk.piece_passed(piece);
+            }
             self.have.set(piece);
             self.new_haves.push(piece);
             self.events.push(Event::PieceVerified(piece));
@@ -1270,7 +1405,9 @@ impl Torrent {
             self.hash_fails += 1;
             self.wasted += plen;
             self.downloaded = self.downloaded.saturating_sub(plen);
-            self.picker.piece_failed(piece);
+            if let Some(pk) = self.picker_mut() {
+                pk.piece_failed(piece);
+            }
             let max = self.settings.max_candidates;
             for a in &part.contributors {
                 if let Some(failures) = self.candidates.note_failure(a) {
@@ -1283,6 +1420,7 @@ impl Torrent {
             }
         }
         self.spare_partials.push(part);
+        self.settle_download();
         Ok(())
     }
 
@@ -1299,7 +1437,11 @@ impl Torrent {
     // ----- output -----
 
     fn update_interest(&mut self, p: &mut PeerConn) {
-        let interesting = !self.is_complete() && self.picker.is_interesting(&p.have, p.seed);
+        let interesting = !self.is_complete()
+            && self
+                .dl
+                .as_ref()
+                .is_some_and(|d| d.picker.is_interesting(&p.have, p.seed));
         if interesting != p.am_interested {
             p.am_interested = interesting;
             p.push(if interesting {
@@ -1407,34 +1549,34 @@ impl Torrent {
             let depth = self.queue_depth(p);
             if p.outstanding.len() < depth {
                 let want = depth - p.outstanding.len();
-                self.pick_buf.clear();
-                self.already_buf.clear();
-                if self.picker.in_endgame() {
-                    self.already_buf
-                        .extend(p.outstanding.iter().map(|o| o.block));
-                }
-                self.picker.pick(
-                    &p.have,
-                    p.seed,
-                    want,
-                    &self.already_buf,
-                    &mut self.rng,
-                    &mut self.pick_buf,
-                );
-                for i in 0..self.pick_buf.len() {
-                    let b = self.pick_buf[i];
-                    let r = BlockRequest {
-                        index: b.piece,
-                        begin: b.block * BLOCK_LEN,
-                        length: self.picker.block_len(b.piece, b.block),
-                    };
-                    if p.push(&Message::Request(r)) {
-                        p.outstanding.push(Outstanding {
-                            block: b,
-                            sent_at: now,
-                        });
-                    } else {
-                        self.picker.request_dropped(b);
+                if let Some(d) = self.dl.as_mut() {
+                    d.pick_buf.clear();
+                    d.already_buf.clear();
+                    if d.picker.in_endgame() {
+                        d.already_buf.extend(p.outstanding.iter().map(|o| o.block));
+                    }
+                    d.picker.pick(
+                        &p.have,
+                        p.seed,
+                        want,
+                        &d.already_buf,
+                        &mut self.rng,
+                        &mut d.pick_buf,
+                    );
+                    for &b in &d.pick_buf {
+                        let r = BlockRequest {
+                            index: b.piece,
+                            begin: b.block * BLOCK_LEN,
+                            length: d.picker.block_len(b.piece, b.block),
+                        };
+                        if p.push(&Message::Request(r)) {
+                            p.outstanding.push(Outstanding {
+                                block: b,
+                                sent_at: now,
+                            });
+                        } else {
+                            d.picker.request_dropped(b);
+                        }
                     }
                 }
             }
@@ -1472,10 +1614,12 @@ impl Torrent {
     /// Sends queued `have` and `cancel` messages to every peer of this torrent. Call once per
     /// loop turn after input handling, before `fill_tx`.
     pub fn broadcast<'a>(&mut self, peers: impl Iterator<Item = &'a mut PeerConn>) {
-        if self.new_haves.is_empty() && self.cancels.is_empty() {
+        let no_cancels = self.dl.as_ref().map_or(true, |d| d.cancels.is_empty());
+        if self.new_haves.is_empty() && no_cancels {
             return;
         }
         let complete = self.is_complete();
+        let cancels: &[BlockRef] = self.dl.as_ref().map_or(&[], |d| &d.cancels);
         for p in peers {
             if !p.is_established() {
                 continue;
@@ -1486,13 +1630,13 @@ impl Torrent {
                     p.push(&Message::Have(piece));
                 }
             }
-            for &b in &self.cancels {
+            for &b in cancels {
                 if let Some(i) = p.outstanding.iter().position(|o| o.block == b) {
                     p.outstanding.swap_remove(i);
                     p.push(&Message::Cancel(BlockRequest {
                         index: b.piece,
                         begin: b.block * BLOCK_LEN,
-                        length: self.picker.block_len(b.piece, b.block),
+                        length: self.block_len(b.piece, b.block),
                     }));
                 }
             }
@@ -1502,7 +1646,11 @@ impl Torrent {
             }
         }
         self.new_haves.clear();
-        self.cancels.clear();
+        if let Some(d) = self.dl.as_mut() {
+            d.cancels.clear();
+        }
+        // The cancels of the last blocks were what kept the download state past completion.
+        self.settle_download();
     }
 
     // ----- time -----
@@ -1513,6 +1661,7 @@ impl Torrent {
         now: Instant,
         elapsed: Duration,
         peers: impl Iterator<Item = &'a mut PeerConn>,
+        bufs: &mut Buffers,
     ) {
         let mut list: Vec<&mut PeerConn> = peers.filter(|p| p.is_established()).collect();
         for p in list.iter_mut() {
@@ -1530,7 +1679,9 @@ impl Torrent {
                 debug!("peer {}: snubbed", p.addr);
                 p.snubbed = true;
                 for o in p.outstanding.drain(..) {
-                    self.picker.request_dropped(o.block);
+                    if let Some(pk) = self.dl.as_mut().map(|d| &mut d.picker) {
+                        pk.request_dropped(o.block);
+                    }
                 }
             }
             self.update_interest(p);
@@ -1541,10 +1692,10 @@ impl Torrent {
         if !self.meta.private {
             Self::send_pex(now, &mut list);
         }
-        if now >= self.choker.poll_at() {
-            self.info_buf.clear();
+        if self.choker.as_ref().is_some_and(|c| now >= c.poll_at()) {
+            bufs.peer_info.clear();
             for p in list.iter() {
-                self.info_buf.push(PeerInfo {
+                bufs.peer_info.push(PeerInfo {
                     key: slot_key(p),
                     interested: p.peer_interested,
                     choked: p.am_choking,
@@ -1554,17 +1705,19 @@ impl Torrent {
                     connected_at: p.connected_at,
                 });
             }
-            self.choke_buf.clear();
+            bufs.choke_out.clear();
             let seeding = self.state == State::Seeding;
-            self.choker.rechoke(
-                now,
-                seeding,
-                &self.info_buf,
-                &mut self.rng,
-                &mut self.choke_buf,
-            );
-            for i in 0..self.choke_buf.len() {
-                let (key, unchoke) = self.choke_buf[i];
+            if let Some(c) = self.choker.as_mut() {
+                c.rechoke(
+                    now,
+                    seeding,
+                    &bufs.peer_info,
+                    &mut self.rng,
+                    &mut bufs.choke_out,
+                    &mut bufs.choker,
+                );
+            }
+            for &(key, unchoke) in &bufs.choke_out {
                 if let Some(p) = list.iter_mut().find(|p| slot_key(p) == key) {
                     if unchoke {
                         self.unchoke(p);
@@ -1717,8 +1870,18 @@ mod tests {
             seed.fill_tx(&mut a, now, &mut sbufs);
             leech.fill_tx(&mut b, now, &mut lbufs);
             if turns % 1000 == 0 {
-                seed.tick(now, Duration::from_secs(1), std::iter::once(&mut a));
-                leech.tick(now, Duration::from_secs(1), std::iter::once(&mut b));
+                seed.tick(
+                    now,
+                    Duration::from_secs(1),
+                    std::iter::once(&mut a),
+                    &mut sbufs,
+                );
+                leech.tick(
+                    now,
+                    Duration::from_secs(1),
+                    std::iter::once(&mut b),
+                    &mut lbufs,
+                );
             }
             if corrupt && leech.hash_fails > 0 {
                 break;
@@ -1757,6 +1920,145 @@ mod tests {
         }
         assert_eq!(verified, leech.meta.piece_count());
         assert!(completed);
+    }
+
+    #[test]
+    fn downloading_completes_drops_download_state() {
+        let data = test_data(300_000);
+        let (leech, _) = run_swarm(&data, 16384, 4, true, false);
+        assert!(leech.is_complete());
+        assert!(!leech.has_download_state(), "a seed keeps no picker");
+        assert!(
+            leech.spare_partials.capacity() == 0,
+            "nor recycled partials"
+        );
+        let seed = torrent(&data, false, true, 6881, 1);
+        assert!(!seed.has_download_state(), "nor one added complete");
+        let leech = torrent(&data, false, false, 6881, 2);
+        assert!(leech.has_download_state());
+    }
+
+    /// Two files of 3 pieces each; the leecher's store is empty.
+    fn two_file_torrents() -> (Vec<u8>, Torrent, Torrent) {
+        let data = test_data(6 * 16384);
+        let mut meta = meta_for(&data, 16384);
+        meta.files = vec![
+            FileEntry {
+                path: vec!["sim".into(), "a".into()],
+                length: 3 * 16384,
+                offset: 0,
+                pad: false,
+            },
+            FileEntry {
+                path: vec!["sim".into(), "b".into()],
+                length: 3 * 16384,
+                offset: 3 * 16384,
+                pad: false,
+            },
+        ];
+        meta.multi_file = true;
+        let n = meta.piece_count();
+        let mk = |have: Bitfield, store: MemStore, id: u8| {
+            Torrent::new(
+                meta.clone(),
+                have,
+                Box::new(store),
+                2,
+                [id; 20],
+                settings(),
+                Rng::new(id as u64),
+            )
+            .unwrap()
+        };
+        let seed = mk(Bitfield::full(n), MemStore::from_bytes(data.clone()), 1);
+        let leech = mk(Bitfield::new(n), MemStore::new(data.len()), 2);
+        (data, seed, leech)
+    }
+
+    /// Runs an established pair until the leecher completes (or a bounded number of turns).
+    fn download_from(seed: &mut Torrent, leech: &mut Torrent) {
+        let (mut a, mut b) = pair(seed, leech, true);
+        let mut sbufs = Buffers::new(2);
+        let mut lbufs = Buffers::new(2);
+        let mut now = Instant::ZERO;
+        for _ in 0..5_000 {
+            if leech.is_complete() || a.close.is_some() || b.close.is_some() {
+                break;
+            }
+            now = now + Duration::from_millis(1);
+            pipe(&mut a, &mut b);
+            leech.handle_rx(&mut b, now, &mut lbufs);
+            pipe(&mut b, &mut a);
+            seed.handle_rx(&mut a, now, &mut sbufs);
+            seed.broadcast(std::iter::once(&mut a));
+            leech.broadcast(std::iter::once(&mut b));
+            seed.fill_tx(&mut a, now);
+            leech.fill_tx(&mut b, now);
+        }
+        seed.on_closed(&mut a, now);
+        leech.on_closed(&mut b, now);
+    }
+
+    #[test]
+    fn selection_complete_widened_rebuilds_download_state() {
+        let (data, mut seed, mut leech) = two_file_torrents();
+        leech.select_files(&[(0, 0)]);
+        download_from(&mut seed, &mut leech);
+        assert!(leech.is_complete(), "first file fetched");
+        assert_eq!(leech.state, State::Seeding);
+        assert!(!leech.has_download_state());
+        assert_eq!(leech.have.count(), 3, "only the selected pieces");
+
+        // Selecting both files wants the second one again: a fresh picker must fetch exactly
+        // the missing pieces.
+        leech.select_files(&[(0, 1)]);
+        assert!(!leech.is_complete());
+        assert_eq!(leech.state, State::Downloading);
+        assert!(leech.has_download_state());
+        download_from(&mut seed, &mut leech);
+        assert!(leech.is_complete(), "second file fetched");
+        assert!(leech.have.is_full());
+        assert!(!leech.has_download_state());
+        assert_same(&mut leech, &data);
+    }
+
+    #[test]
+    fn seeding_piece_arrives_is_counted_as_wasted() {
+        let data = test_data(50_000);
+        let mut seed = torrent(&data, false, true, 6881, 1);
+        let mut leech = torrent(&data, false, false, 6881, 2);
+        let (mut a, _b) = pair(&mut seed, &mut leech, true);
+        let block = vec![0u8; 16384];
+        let piece = Message::Piece {
+            index: 0,
+            begin: 0,
+            data: &block,
+        };
+        let mut msg = vec![0u8; piece.encoded_len()];
+        assert_eq!(piece.encode(&mut msg), Some(msg.len()));
+        assert_eq!(feed(&mut seed, &mut a, &msg), msg.len());
+        assert!(a.close.is_none(), "an unrequested block is not a violation");
+        assert_eq!(seed.wasted, 16384);
+        assert!(!seed.has_download_state());
+    }
+
+    #[test]
+    fn established_last_peer_closes_drops_choker() {
+        let data = test_data(50_000);
+        let mut seed = torrent(&data, false, true, 6881, 1);
+        let mut leech = torrent(&data, false, false, 6881, 2);
+        assert!(seed.choker.is_none(), "no peers, no choker");
+        let (mut a, mut b) = pair(&mut seed, &mut leech, true);
+        assert!(seed.choker.is_some());
+        // The leecher's interest is answered through the choker's free slot.
+        pipe(&mut a, &mut b);
+        leech.handle_rx(&mut b, Instant::ZERO, &mut Buffers::new(1));
+        assert!(b.am_interested);
+        pipe(&mut b, &mut a);
+        seed.handle_rx(&mut a, Instant::ZERO, &mut Buffers::new(1));
+        assert!(a.peer_interested && !a.am_choking, "unchoked at once");
+        seed.on_closed(&mut a, Instant::ZERO);
+        assert!(seed.choker.is_none(), "dropped with the last peer");
     }
 
     #[test]
@@ -1931,12 +2233,13 @@ mod tests {
         assert_eq!(ab.listen_addr(), Some(addr(2)), "p port from B's handshake");
         assert!(!a.candidates.contains(&c_addr));
         let mut learned = None;
+        let mut bufs = Buffers::new(1);
         for s in 1..=60 {
             now = Instant::from_secs(s);
             let one = Duration::from_secs(1);
-            b.tick(now, one, [&mut ba, &mut bc].into_iter());
-            a.tick(now, one, std::iter::once(&mut ab));
-            c.tick(now, one, std::iter::once(&mut cb));
+            b.tick(now, one, [&mut ba, &mut bc].into_iter(), &mut bufs);
+            a.tick(now, one, std::iter::once(&mut ab), &mut bufs);
+            c.tick(now, one, std::iter::once(&mut cb), &mut bufs);
             exchange(&mut b, &mut ba, &mut a, &mut ab, now);
             exchange(&mut b, &mut bc, &mut c, &mut cb, now);
             if a.candidates.contains(&c_addr) {
@@ -1994,6 +2297,7 @@ mod tests {
                 Instant::from_secs(s),
                 Duration::from_secs(1),
                 [&mut ba, &mut bc].into_iter(),
+                &mut bufs,
             );
         }
         for p in [&ba, &bc] {

@@ -246,11 +246,13 @@ impl Swarm {
                 self.now,
                 Duration::from_secs(1),
                 std::iter::once(&mut self.a),
+                &mut self.sbufs,
             );
             self.leech.tick(
                 self.now,
                 Duration::from_secs(1),
                 std::iter::once(&mut self.b),
+                &mut self.lbufs,
             );
         }
         // Drain the events as the engine does (they are a Vec the engine empties).
@@ -333,10 +335,18 @@ fn steady_state_download_allocations_per_block() {
     let tick = |s: &mut Swarm| {
         s.now = s.now + Duration::from_secs(1);
         let now = s.now;
-        s.leech
-            .tick(now, Duration::from_secs(1), std::iter::once(&mut s.b));
-        s.seed
-            .tick(now, Duration::from_secs(1), std::iter::once(&mut s.a));
+        s.leech.tick(
+            now,
+            Duration::from_secs(1),
+            std::iter::once(&mut s.b),
+            &mut s.lbufs,
+        );
+        s.seed.tick(
+            now,
+            Duration::from_secs(1),
+            std::iter::once(&mut s.a),
+            &mut s.sbufs,
+        );
     };
     tick(&mut s);
     TRACE.with(|t| t.set(trace));

@@ -300,8 +300,8 @@ impl Engine {
             e.completed_at = r.completed_at;
             e.base_downloaded = r.downloaded;
             e.base_uploaded = r.uploaded;
-            e.seed_ratio = r.seed_ratio;
-            e.seed_time = r.seed_time;
+            e.set_seed_ratio(r.seed_ratio);
+            e.set_seed_time(r.seed_time);
             e.finished_reported = e.t.is_complete();
         }
         e.paused = paused || resume.as_ref().is_some_and(|r| r.stopped);
@@ -391,8 +391,8 @@ impl Engine {
             e.added_at = r.added_at;
             e.base_downloaded = r.downloaded;
             e.base_uploaded = r.uploaded;
-            e.seed_ratio = r.seed_ratio;
-            e.seed_time = r.seed_time;
+            e.set_seed_ratio(r.seed_ratio);
+            e.set_seed_time(r.seed_time);
         }
         e.paused = paused || resume.is_some_and(|r| r.stopped);
         e.t.state = if e.paused {
@@ -600,7 +600,7 @@ impl Engine {
         t.info = e.t.info.take();
         t.candidates = std::mem::replace(&mut e.t.candidates, crate::peer::Candidates::new());
         t.candidates.reset_connections(now);
-        if let Some(sel) = &e.select {
+        if let Some(sel) = e.select() {
             t.select_files(sel);
         }
         e.base_downloaded += e.t.downloaded;
@@ -684,8 +684,8 @@ impl Engine {
             uploaded: e.base_uploaded + e.t.uploaded,
             added_at: e.added_at,
             completed_at: e.completed_at,
-            seed_ratio: e.seed_ratio,
-            seed_time: e.seed_time,
+            seed_ratio: e.seed_ratio(),
+            seed_time: e.seed_time(),
         }
     }
 
@@ -1178,11 +1178,11 @@ impl Engine {
                 Ok(i) => {
                     let e = &mut self.torrents[i];
                     if ratio.is_some() {
-                        e.seed_ratio = ratio;
+                        e.set_seed_ratio(ratio);
                         e.dirty = true;
                     }
                     if seed_time.is_some() {
-                        e.seed_time = seed_time;
+                        e.set_seed_time(seed_time);
                         e.dirty = true;
                     }
                     if let Some(d) = down {
@@ -1201,9 +1201,9 @@ impl Engine {
                         e.id,
                         crate::cli::format_rate(e.down_bucket.rate()),
                         crate::cli::format_rate(e.up_bucket.rate()),
-                        e.seed_ratio
+                        e.seed_ratio()
                             .map_or("global".to_string(), |r| format!("{r}")),
-                        e.seed_time
+                        e.seed_time()
                             .map_or("global".to_string(), |t| format!("{t}s"))
                     ))
                 }
@@ -1285,7 +1285,7 @@ impl Engine {
                     let (have, total) = f.progress();
                     Some(format!("fetching metadata: {have} of {total} pieces"))
                 }
-                None => e.note.clone(),
+                None => e.note().cloned(),
             },
             trackers,
         }

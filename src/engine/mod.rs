@@ -209,20 +209,79 @@ struct Entry {
     up_bucket: TokenBucket,
     /// When this torrent started seeding (for `seed_time`).
     seeding_since: Option<Instant>,
+    /// What few torrents have (notes, own seeding limits, a magnet's file selection), boxed
+    /// so the many idle seeds of a daemon do not carry it; `None` when all of it is unset.
+    extra: Option<Box<Extra>>,
+    /// A magnet link still fetching its metadata (BEP 9): peers talk to this instead of `t`,
+    /// which is a placeholder until the info dictionary arrives.
+    fetch: Option<Box<Fetch>>,
+    /// Next DHT announce (and peer lookup) for this torrent.
+    dht_next: Instant,
+    /// Last scrape sent for this torrent.
+    scraped_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Extra {
     /// Why the torrent stopped by itself (seeding limits), shown in `status`.
     note: Option<String>,
     /// Per-torrent seeding limits (`atorrent limit ID --ratio/--seed-time`) over the global.
     seed_ratio: Option<f64>,
     seed_time: Option<u64>,
-    /// A magnet link still fetching its metadata (BEP 9): peers talk to this instead of `t`,
-    /// which is a placeholder until the info dictionary arrives.
-    fetch: Option<Box<Fetch>>,
     /// BEP 53 `so=` file selection from a magnet, applied once the metadata is in.
     select: Option<Vec<(u32, u32)>>,
-    /// Next DHT announce (and peer lookup) for this torrent.
-    dht_next: Instant,
-    /// Last scrape sent for this torrent.
-    scraped_at: Option<Instant>,
+}
+
+impl Entry {
+    /// The rare fields for writing; `set` is false for a value that is unset, which then
+    /// needs no box.
+    fn extra_mut(&mut self, set: bool) -> Option<&mut Extra> {
+        if set {
+            Some(self.extra.get_or_insert_with(Box::default))
+        } else {
+            self.extra.as_deref_mut()
+        }
+    }
+
+    fn note(&self) -> Option<&String> {
+        self.extra.as_ref().and_then(|x| x.note.as_ref())
+    }
+
+    fn set_note(&mut self, note: Option<String>) {
+        if let Some(x) = self.extra_mut(note.is_some()) {
+            x.note = note;
+        }
+    }
+
+    fn seed_ratio(&self) -> Option<f64> {
+        self.extra.as_ref().and_then(|x| x.seed_ratio)
+    }
+
+    fn set_seed_ratio(&mut self, ratio: Option<f64>) {
+        if let Some(x) = self.extra_mut(ratio.is_some()) {
+            x.seed_ratio = ratio;
+        }
+    }
+
+    fn seed_time(&self) -> Option<u64> {
+        self.extra.as_ref().and_then(|x| x.seed_time)
+    }
+
+    fn set_seed_time(&mut self, secs: Option<u64>) {
+        if let Some(x) = self.extra_mut(secs.is_some()) {
+            x.seed_time = secs;
+        }
+    }
+
+    fn select(&self) -> Option<&[(u32, u32)]> {
+        self.extra.as_ref().and_then(|x| x.select.as_deref())
+    }
+
+    fn set_select(&mut self, select: Option<Vec<(u32, u32)>>) {
+        if let Some(x) = self.extra_mut(select.is_some()) {
+            x.select = select;
+        }
+    }
 }
 
 pub struct Engine {
@@ -459,11 +518,8 @@ impl Engine {
             down_bucket: TokenBucket::unlimited(),
             up_bucket: TokenBucket::unlimited(),
             seeding_since: None,
-            note: None,
-            seed_ratio: None,
-            seed_time: None,
+            extra: None,
             fetch: None,
-            select: None,
             dht_next: Instant::ZERO,
             scraped_at: None,
         });
@@ -1325,7 +1381,7 @@ impl Engine {
             let e = &mut self.torrents[ti];
             match e.fetch.as_mut() {
                 Some(f) => f.tick(now, peers),
-                None => e.t.tick(now, elapsed, peers),
+                None => e.t.tick(now, elapsed, peers, &mut self.bufs),
             }
         }
         if self.shutdown.is_none() {
@@ -1448,8 +1504,8 @@ impl Engine {
                 continue;
             }
             let since = *e.seeding_since.get_or_insert(now);
-            let ratio_limit = e.seed_ratio.unwrap_or(ratio_limit);
-            let time_limit = e.seed_time.unwrap_or(time_limit);
+            let ratio_limit = e.seed_ratio().unwrap_or(ratio_limit);
+            let time_limit = e.seed_time().unwrap_or(time_limit);
             if ratio_limit <= 0.0 && time_limit == 0 {
                 continue;
             }
@@ -1464,7 +1520,7 @@ impl Engine {
                 continue;
             };
             info!("torrent {}: {}", e.id, why);
-            e.note = Some(why.clone());
+            e.set_note(Some(why.clone()));
             if self.daemon.is_some() {
                 self.torrents[i].paused = true;
                 self.deactivate(i, State::Stopped, now);
@@ -1530,7 +1586,7 @@ impl Engine {
             self.peer_id,
             self.listen_port,
         )));
-        e.select = m.select_only.clone();
+        e.set_select(m.select_only.clone());
         for p in &m.peers {
             if let Ok(a) = p.parse::<SocketAddr>() {
                 e.t.add_candidate(a, now);
@@ -1628,7 +1684,7 @@ impl Engine {
         t.candidates = std::mem::replace(&mut e.t.candidates, crate::peer::Candidates::new());
         t.candidates.reset_connections(now);
         t.info = Some(info);
-        if let Some(sel) = &e.select {
+        if let Some(sel) = e.select() {
             t.select_files(sel);
         }
         info!(
@@ -2531,5 +2587,17 @@ pub fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+#[cfg(test)]
+mod size_tests {
+    /// Issue 8: a daemon holds thousands of mostly idle torrents, so every byte of an entry
+    /// counts per torrent. Download state, the choker and rare settings are boxed; this fails
+    /// when a field lands inline again (64-bit layout: Entry 896, Torrent 584 bytes now).
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn entry_inline_size_stays_under_a_kib() {
+        assert!(std::mem::size_of::<super::Entry>() <= 928);
+        assert!(std::mem::size_of::<crate::torrent::Torrent>() <= 608);
     }
 }
