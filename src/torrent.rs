@@ -1992,8 +1992,8 @@ mod tests {
             seed.handle_rx(&mut a, now, &mut sbufs);
             seed.broadcast(std::iter::once(&mut a));
             leech.broadcast(std::iter::once(&mut b));
-            seed.fill_tx(&mut a, now);
-            leech.fill_tx(&mut b, now);
+            seed.fill_tx(&mut a, now, &mut sbufs);
+            leech.fill_tx(&mut b, now, &mut lbufs);
         }
         seed.on_closed(&mut a, now);
         leech.on_closed(&mut b, now);
