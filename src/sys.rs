@@ -136,6 +136,8 @@ pub struct DirectChunks {
     /// Writes in flight per chunk.
     inflight: Vec<u16>,
     total_inflight: usize,
+    /// Writes handed to the kernel so far.
+    submitted: u64,
     events: Vec<IoEvent>,
 }
 
@@ -208,6 +210,7 @@ impl DirectChunks {
             chunk_len,
             inflight: vec![0; chunks],
             total_inflight: 0,
+            submitted: 0,
             events: vec![IoEvent::default(); AIO_QUEUE],
         }
     }
@@ -256,6 +259,11 @@ impl DirectChunks {
         self.total_inflight
     }
 
+    /// Writes handed to the kernel so far.
+    pub fn submitted(&self) -> u64 {
+        self.submitted
+    }
+
     /// Queues a write of `range` of chunk `c` to `file` at `offset`. `Unsupported` without
     /// AIO, `WouldBlock` when the queue is full: the caller then writes synchronously.
     pub fn submit_write(
@@ -301,6 +309,7 @@ impl DirectChunks {
         if n == 1 {
             self.inflight[c as usize] += 1;
             self.total_inflight += 1;
+            self.submitted += 1;
             Ok(())
         } else if n < 0 {
             let e = io::Error::last_os_error();
