@@ -83,7 +83,8 @@ pub fn our_ext_handshake(metadata_size: Option<u32>, pex: bool, listen_port: u16
 }
 
 /// Source of `Torrent::io_owner` tags: unique per torrent for the life of the process.
-static NEXT_IO_OWNER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+/// (32 bits: MIPS32 has no 64-bit atomics.)
+static NEXT_IO_OWNER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
 
 /// Scratch buffer for writing a block that found no free chunk and for reading data back to
 /// hash it. 64 KiB reads run at full speed with or without O_DIRECT; a whole chunk here would
@@ -452,7 +453,7 @@ impl Torrent {
             banned: Vec::new(),
             spare_partials: Vec::new(),
             established: 0,
-            io_owner: NEXT_IO_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            io_owner: u64::from(NEXT_IO_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
             rng,
         };
         t.settle_download();
@@ -2514,9 +2515,16 @@ mod tests {
             Rng::new(1),
         )
         .unwrap();
-        let mut leech =
-            Torrent::new(meta, Bitfield::new(n), Box::new(store), 2, [2; 20], settings(), Rng::new(2))
-                .unwrap();
+        let mut leech = Torrent::new(
+            meta,
+            Bitfield::new(n),
+            Box::new(store),
+            2,
+            [2; 20],
+            settings(),
+            Rng::new(2),
+        )
+        .unwrap();
         let (mut a, mut b) = pair(&mut seed, &mut leech, true);
         let mut sbufs = Buffers::new(2);
         let mut lbufs = Buffers::with_aio(2, true);
@@ -2535,7 +2543,11 @@ mod tests {
             leech.fill_tx(&mut b, now, &mut lbufs);
         }
         assert!(leech.is_complete(), "{:?} {:?}", a.close, b.close);
-        assert_eq!(lbufs.pool.inflight(), 0, "completion waited for every write");
+        assert_eq!(
+            lbufs.pool.inflight(),
+            0,
+            "completion waited for every write"
+        );
         assert_eq!(lbufs.pool.available(), 2, "every chunk came back");
         assert!(lbufs.pool.take_error(leech.io_owner()).is_none());
         if lbufs.pool.mem.has_aio() && leech.store_mut().has_data(0, 1) {
