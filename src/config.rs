@@ -31,6 +31,8 @@ use crate::cli::{
     format_rate, format_size, parse_host_port, parse_port, parse_rate, parse_size, Cli, Command,
 };
 
+/// The engine's scratch buffer (`torrent::SCRATCH_LEN`), listed in the memory budget.
+const SCRATCH_BYTES: u64 = crate::torrent::SCRATCH_LEN as u64;
 /// BitTorrent block size (BEP 3: requests are "generally 2^14 (16 kiB)"); the unit of the
 /// download block pool.
 pub const BLOCK_SIZE: u64 = 16 * 1024;
@@ -1218,6 +1220,7 @@ impl Config {
                 "block buffers (block_buffers x 16K)",
                 u64::from(self.block_buffers).saturating_mul(BLOCK_SIZE),
             ),
+            ("scratch buffer (hash read-back, 64K)", SCRATCH_BYTES),
             (
                 "known peers (active torrents x max_known_peers x ~32 B)",
                 active
