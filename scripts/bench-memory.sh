@@ -10,7 +10,8 @@
 #                    which gives both torrents about the same piece count)
 #   BENCH_DIR        where the data goes (default /var/tmp: a disk, not tmpfs)
 #   BENCH_KEEP=1     keep the work directory
-# Peak RSS: VmHWM from /proc/PID/status read every 100 ms while the downloader runs, and its
+# Defaults to the static musl x86_64 build when its rustup target is installed (BENCH_BIN
+# overrides). Peak RSS: VmHWM from /proc/PID/status read every 100 ms while the downloader runs, and its
 # ru_maxrss once reaped (scripts/procstat.py). Needs ~BIG_MB x 2 of free disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,14 +22,23 @@ SMALL_MB=${BENCH_SMALL_MB:-64}
 BIG_MB=${BENCH_BIG_MB:-4096}
 PEERS=${BENCH_PEERS:-50}
 PIECE_LENGTH=${BENCH_PIECE_LENGTH:-}
-# BENCH_BIN: measure another build, e.g. the static musl one from `make cross` (what routers run).
-BIN=${BENCH_BIN:-$PWD/target/release/atorrent}
-DL_IP=127.0.2.1
-
-if [ -z "${BENCH_BIN:-}" ] && { [ ! -x "$BIN" ] || [ -n "$(find src Cargo.toml -newer "$BIN" -print -quit)" ]; }; then
-  echo "bench-memory: cargo build --release" >&2
+# BENCH_BIN: measure another build. By default the static musl x86_64 release build (the code
+# routers run, without glibc's shared pages) when that rustup target is installed, else the
+# glibc release build.
+MUSL=x86_64-unknown-linux-musl
+if [ -n "${BENCH_BIN:-}" ]; then
+  BIN=$BENCH_BIN
+elif rustup target list --installed 2>/dev/null | grep -qx "$MUSL"; then
+  BIN=$PWD/target/$MUSL/release/atorrent
+  echo "bench-memory: building the static $MUSL release binary" >&2
+  bash cross/build.sh "$MUSL" --release >&2
+else
+  BIN=$PWD/target/release/atorrent
+  echo "bench-memory: $MUSL not installed; measuring the glibc build (more shared pages)" >&2
   cargo build --release
 fi
+echo "bench-memory: binary $BIN" >&2
+DL_IP=127.0.2.1
 
 work=$(mktemp -d "${BENCH_DIR:-/var/tmp}/atorrent-bench-mem.XXXXXX")
 cleanup() {
