@@ -559,7 +559,7 @@ mod tests {
                 fetch.handle_rx(&mut l.f, now);
                 pipe(&mut l.f, &mut l.s);
                 l.t.handle_rx(&mut l.s, now, &mut l.bufs);
-                l.t.fill_tx(&mut l.s, now, &mut l.bufs);
+                l.t.fill_tx(&mut l.s, &mut l.bufs);
                 fetch.fill_tx(&mut l.f, now);
                 if l.f.close.is_some() || l.s.close.is_some() {
                     fetch.on_closed(&mut l.f, now);

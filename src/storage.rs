@@ -628,7 +628,16 @@ impl Storage {
                 buf.fill(0);
                 continue;
             }
-            let file = match self.fd(i, Access::Read, Some(false)) {
+            // Aligned reads of a file that takes direct writes bypass the page cache too (the
+            // read-back of spilled windows for hashing): buffered, they would pull the range
+            // and the kernel's readahead beyond it into the cache.
+            let f = &self.files[i];
+            let direct = f.direct_ok
+                && !f.direct_unavailable
+                && buf.as_ptr() as usize % sys::ALIGN == 0
+                && file_off % DIRECT_ALIGN == 0
+                && buf.len() as u64 % DIRECT_ALIGN == 0;
+            let file = match self.fd(i, Access::Read, Some(direct)) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     return Err(self.not_present(i));
@@ -959,6 +968,17 @@ impl PieceStore for Storage {
 
     fn flush(&mut self) -> Result<(), StorageError> {
         self.set_len_final()?;
+        let st = &self.stats;
+        log::info!(
+            "storage: {} direct writes ({} async), {} buffered, {} MB written; {} reads, {} MB; {} opens",
+            st.direct_writes,
+            st.async_writes,
+            st.buffered_writes,
+            st.bytes_written >> 20,
+            st.reads,
+            st.bytes_read >> 20,
+            st.opens
+        );
         self.sync_all()
     }
 

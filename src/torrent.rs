@@ -1547,7 +1547,7 @@ impl Torrent {
     }
 
     /// Fills `p.tx` with requests and with the blocks it asked for, as far as space allows.
-    pub fn fill_tx(&mut self, p: &mut PeerConn, now: Instant, bufs: &mut Buffers) {
+    pub fn fill_tx(&mut self, p: &mut PeerConn, bufs: &mut Buffers) {
         if !p.is_established() || p.close.is_some() {
             return;
         }
@@ -1576,10 +1576,7 @@ impl Torrent {
                             length: d.picker.block_len(b.piece, b.block),
                         };
                         if p.push(&Message::Request(r)) {
-                            p.outstanding.push(Outstanding {
-                                block: b,
-                                sent_at: now,
-                            });
+                            p.outstanding.push(Outstanding { block: b });
                         } else {
                             d.picker.request_dropped(b);
                         }
@@ -1873,8 +1870,8 @@ mod tests {
             seed.handle_rx(&mut a, now, &mut sbufs);
             seed.broadcast(std::iter::once(&mut a));
             leech.broadcast(std::iter::once(&mut b));
-            seed.fill_tx(&mut a, now, &mut sbufs);
-            leech.fill_tx(&mut b, now, &mut lbufs);
+            seed.fill_tx(&mut a, &mut sbufs);
+            leech.fill_tx(&mut b, &mut lbufs);
             if turns % 1000 == 0 {
                 seed.tick(
                     now,
@@ -1998,8 +1995,8 @@ mod tests {
             seed.handle_rx(&mut a, now, &mut sbufs);
             seed.broadcast(std::iter::once(&mut a));
             leech.broadcast(std::iter::once(&mut b));
-            seed.fill_tx(&mut a, now, &mut sbufs);
-            leech.fill_tx(&mut b, now, &mut lbufs);
+            seed.fill_tx(&mut a, &mut sbufs);
+            leech.fill_tx(&mut b, &mut lbufs);
         }
         seed.on_closed(&mut a, now);
         leech.on_closed(&mut b, now);
@@ -2539,8 +2536,8 @@ mod tests {
             lbufs.pool.poll(false);
             pipe(&mut b, &mut a);
             seed.handle_rx(&mut a, now, &mut sbufs);
-            seed.fill_tx(&mut a, now, &mut sbufs);
-            leech.fill_tx(&mut b, now, &mut lbufs);
+            seed.fill_tx(&mut a, &mut sbufs);
+            leech.fill_tx(&mut b, &mut lbufs);
         }
         assert!(leech.is_complete(), "{:?} {:?}", a.close, b.close);
         assert_eq!(

@@ -239,8 +239,8 @@ impl Swarm {
         self.seed.handle_rx(&mut self.a, self.now, &mut self.sbufs);
         self.seed.broadcast(std::iter::once(&mut self.a));
         self.leech.broadcast(std::iter::once(&mut self.b));
-        self.seed.fill_tx(&mut self.a, self.now, &mut self.sbufs);
-        self.leech.fill_tx(&mut self.b, self.now, &mut self.lbufs);
+        self.seed.fill_tx(&mut self.a, &mut self.sbufs);
+        self.leech.fill_tx(&mut self.b, &mut self.lbufs);
         if self.turns % 1000 == 0 {
             self.seed.tick(
                 self.now,

@@ -853,7 +853,7 @@ impl Engine {
                 let e = &mut self.torrents[ti];
                 match e.fetch.as_mut() {
                     Some(f) => f.fill_tx(p, now),
-                    None => e.t.fill_tx(p, now, &mut self.bufs),
+                    None => e.t.fill_tx(p, &mut self.bufs),
                 }
             }
             if p.tx_pending().is_empty() {
