@@ -392,9 +392,9 @@ mod tests {
             assert_eq!(m.piece_hash(i), Some(&sha1(&all[start..end])));
         }
         assert_eq!(m.trackers, vec![vec!["http://t1/a"], vec!["udp://t2:1"]]);
-        assert_eq!(m.comment.as_deref(), Some("c"));
-        assert_eq!(m.created_by.as_deref(), Some("atorrent test"));
-        assert!(m.creation_date.unwrap_or(0) > 1_600_000_000);
+        assert_eq!(p.notes.comment.as_deref(), Some("c"));
+        assert_eq!(p.notes.created_by.as_deref(), Some("atorrent test"));
+        assert!(p.notes.creation_date.unwrap_or(0) > 1_600_000_000);
         // Canonical output: re-encoding the decoded document gives the same bytes.
         let v = crate::bencode::decode(&bytes).unwrap();
         let keys: Vec<&[u8]> = v.as_dict().unwrap().iter().map(|(k, _)| *k).collect();

@@ -54,6 +54,15 @@ pub struct FileEntry {
     pub pad: bool,
 }
 
+/// A .torrent's informational top-level fields. Kept out of `Metainfo`: nothing acts on them,
+/// and a daemon holds thousands of torrents (these cost ~100 bytes each).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Notes {
+    pub comment: Option<String>,
+    pub created_by: Option<String>,
+    pub creation_date: Option<i64>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Metainfo {
     pub info_hash: Digest,
@@ -68,9 +77,6 @@ pub struct Metainfo {
     pub private: bool,
     /// Announce tiers (BEP 12). With only `announce`, one tier of one URL.
     pub trackers: Vec<Vec<String>>,
-    pub comment: Option<String>,
-    pub created_by: Option<String>,
-    pub creation_date: Option<i64>,
     /// True for a multi-file torrent (files under a directory named `name`).
     pub multi_file: bool,
 }
@@ -105,6 +111,8 @@ impl Metainfo {
 pub struct Parsed {
     pub meta: Metainfo,
     pub warnings: Vec<String>,
+    /// Empty for a bare info dictionary.
+    pub notes: Notes,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,13 +219,16 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, MetainfoError> {
     let raw = bencode::raw_dict_value(buf, b"info")?.ok_or(MetainfoError::MissingInfo)?;
     let mut w = Warnings::default();
     let trackers = trackers_from_top(&top, &mut w);
-    let mut meta = from_info(info, hash::sha1(raw), trackers, &mut w)?;
-    meta.comment = text_field(&top, b"comment");
-    meta.created_by = text_field(&top, b"created by");
-    meta.creation_date = top.get(b"creation date").and_then(Value::as_int);
+    let meta = from_info(info, hash::sha1(raw), trackers, &mut w)?;
+    let notes = Notes {
+        comment: text_field(&top, b"comment"),
+        created_by: text_field(&top, b"created by"),
+        creation_date: top.get(b"creation date").and_then(Value::as_int),
+    };
     Ok(Parsed {
         meta,
         warnings: w.list,
+        notes,
     })
 }
 
@@ -234,6 +245,7 @@ pub fn parse_info(info: &[u8], trackers: Vec<Vec<String>>) -> Result<Parsed, Met
     Ok(Parsed {
         meta,
         warnings: w.list,
+        notes: Notes::default(),
     })
 }
 
@@ -408,9 +420,6 @@ fn from_info(
         total_length,
         private,
         trackers,
-        comment: None,
-        created_by: None,
-        creation_date: None,
         multi_file,
     })
 }
@@ -848,9 +857,10 @@ mod tests {
             }]
         );
         assert_eq!(m.trackers, vec![vec!["http://t/announce".to_string()]]);
-        assert_eq!(m.comment.as_deref(), Some("hi"));
-        assert_eq!(m.created_by.as_deref(), Some("test"));
-        assert_eq!(m.creation_date, Some(1_700_000_000));
+        let notes = &p.notes;
+        assert_eq!(notes.comment.as_deref(), Some("hi"));
+        assert_eq!(notes.created_by.as_deref(), Some("test"));
+        assert_eq!(notes.creation_date, Some(1_700_000_000));
     }
 
     #[test]

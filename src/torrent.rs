@@ -361,6 +361,35 @@ impl Download {
     }
 }
 
+/// What a torrent collects while it downloads (and briefly after): partly assembled pieces
+/// and what the engine has yet to act on.
+#[derive(Default)]
+struct Work {
+    partials: Vec<Partial>,
+    /// Finished partial-piece records kept for reuse.
+    spare_partials: Vec<Partial>,
+    events: Vec<Event>,
+    /// Pieces verified since the last broadcast of `have` messages.
+    new_haves: Vec<u32>,
+    /// Peers banned since the engine last asked (`poll_banned`), to be closed at once.
+    banned: Vec<SocketAddr>,
+}
+
+impl Work {
+    fn is_idle(&self) -> bool {
+        self.partials.is_empty()
+            && self.events.is_empty()
+            && self.new_haves.is_empty()
+            && self.banned.is_empty()
+    }
+}
+
+/// The work record, created on first use. A free function so that callers borrow only the
+/// field, not the whole torrent.
+fn work(w: &mut Option<Box<Work>>) -> &mut Work {
+    w.get_or_insert_with(Box::default)
+}
+
 pub struct Torrent {
     pub meta: Metainfo,
     /// `Some` exactly while wanted pieces are missing (or partly assembled pieces remain).
@@ -383,16 +412,11 @@ pub struct Torrent {
     pub hash_fails: u32,
     pub settings: Settings,
     store: Box<dyn PieceStore>,
-    partials: Vec<Partial>,
+    /// Piece assembly and the queues to the engine; `None` while all of it is empty and
+    /// nothing is downloaded (an idle seed), so it costs a pointer rather than five vectors.
+    work: Option<Box<Work>>,
     /// Exists while peers are established: an idle torrent has no one to choke.
     choker: Option<Box<Choker>>,
-    events: Vec<Event>,
-    /// Pieces verified since the last broadcast of `have` messages.
-    new_haves: Vec<u32>,
-    /// Peers banned since the engine last asked (`poll_banned`), to be closed at once.
-    banned: Vec<SocketAddr>,
-    /// Finished partial-piece records kept for reuse.
-    spare_partials: Vec<Partial>,
     /// Established connections, which share `MAX_INFLIGHT_PER_TORRENT` requests.
     established: usize,
     /// This torrent's tag on writes in flight in the shared chunk pool.
@@ -446,12 +470,8 @@ impl Torrent {
             hash_fails: 0,
             settings,
             store,
-            partials: Vec::new(),
+            work: None,
             choker: None,
-            events: Vec::new(),
-            new_haves: Vec::new(),
-            banned: Vec::new(),
-            spare_partials: Vec::new(),
             established: 0,
             io_owner: u64::from(NEXT_IO_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)),
             rng,
@@ -465,9 +485,13 @@ impl Torrent {
     /// cancel still to broadcast.
     fn settle_download(&mut self) {
         let cancels = self.dl.as_ref().is_some_and(|d| !d.cancels.is_empty());
-        if self.is_complete() && self.partials.is_empty() && !cancels {
+        let no_partials = self.work.as_ref().map_or(true, |w| w.partials.is_empty());
+        if self.is_complete() && no_partials && !cancels {
             self.dl = None;
-            self.spare_partials = Vec::new();
+        }
+        if self.dl.is_none() && self.work.as_ref().is_some_and(|w| w.is_idle()) {
+            // Spare partial records go with it: a seed assembles nothing.
+            self.work = None;
         }
     }
 
@@ -535,7 +559,7 @@ impl Torrent {
             None => missing > 0,
             // The old picker counts pieces left out before as had; it cannot take them back.
             Some(d) => {
-                self.partials.is_empty()
+                self.work.as_ref().map_or(true, |w| w.partials.is_empty())
                     && wanted
                         .iter_set()
                         .any(|p| !self.have.get(p) && d.picker.have(p))
@@ -667,7 +691,7 @@ impl Torrent {
 
     /// Forgets all partly assembled pieces, returning their chunks (torrent stopped).
     pub fn release_partials(&mut self, bufs: &mut Buffers) {
-        while let Some(part) = self.partials.pop() {
+        while let Some(part) = work(&mut self.work).partials.pop() {
             for w in &part.windows {
                 if let Some(c) = w.chunk {
                     bufs.pool.release(c);
@@ -676,9 +700,9 @@ impl Torrent {
             if let Some(pk) = self.picker_mut() {
                 pk.abandon(part.piece);
             }
-            self.spare_partials.push(part);
+            work(&mut self.work).spare_partials.push(part);
         }
-        self.new_haves.clear();
+        work(&mut self.work).new_haves.clear();
         if let Some(d) = self.dl.as_mut() {
             d.cancels.clear();
         }
@@ -697,10 +721,13 @@ impl Torrent {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        if self.events.is_empty() {
-            None
-        } else {
-            Some(self.events.remove(0))
+        match self.work.as_mut() {
+            Some(w) if !w.events.is_empty() => Some(w.events.remove(0)),
+            _ => {
+                // Everything drained: an idle seed gives the work record back.
+                self.settle_download();
+                None
+            }
         }
     }
 
@@ -823,7 +850,11 @@ impl Torrent {
                     p.last_rx = now;
                     self.handle_message(p, msg, now, bufs);
                     // A peer banned by the piece it just completed gets nothing more read.
-                    if !self.banned.is_empty() && self.banned.contains(&p.addr) {
+                    if self
+                        .work
+                        .as_ref()
+                        .is_some_and(|w| w.banned.contains(&p.addr))
+                    {
                         p.close(CloseReason::BadPiece);
                     }
                 }
@@ -1205,20 +1236,24 @@ impl Torrent {
     fn fail(&mut self, e: String) {
         warn!("torrent {}: {}", self.meta.name, e);
         self.state = State::Error(e.clone());
-        self.events.push(Event::StorageError(e));
+        work(&mut self.work).events.push(Event::StorageError(e));
     }
 
     // ----- piece assembly -----
 
     fn partial_index(&mut self, piece: u32) -> usize {
-        if let Some(i) = self.partials.iter().position(|x| x.piece == piece) {
+        if let Some(i) = work(&mut self.work)
+            .partials
+            .iter()
+            .position(|x| x.piece == piece)
+        {
             return i;
         }
         let blocks = self.meta.piece_len(piece).div_ceil(BLOCK_LEN);
         let nwin = blocks.div_ceil(WINDOW_BLOCKS) as usize;
         // Finished partials are recycled, so the steady state of a download allocates nothing
         // per piece (see tests/alloc.rs).
-        let part = match self.spare_partials.pop() {
+        let part = match work(&mut self.work).spare_partials.pop() {
             Some(mut p) => {
                 p.piece = piece;
                 p.received.reset(blocks);
@@ -1238,8 +1273,8 @@ impl Torrent {
                 contributors: Vec::with_capacity(MAX_CONTRIBUTORS),
             },
         };
-        self.partials.push(part);
-        self.partials.len() - 1
+        work(&mut self.work).partials.push(part);
+        work(&mut self.work).partials.len() - 1
     }
 
     fn window_len(&self, piece: u32, w: u32) -> usize {
@@ -1264,7 +1299,7 @@ impl Torrent {
         let in_win = ((b.block % WINDOW_BLOCKS) * BLOCK_LEN) as usize;
         let offset = self.piece_offset(b.piece) + b.block as u64 * BLOCK_LEN as u64;
         {
-            let part = &mut self.partials[pi];
+            let part = &mut work(&mut self.work).partials[pi];
             if part.received.get(b.block) {
                 return Ok(());
             }
@@ -1273,7 +1308,7 @@ impl Torrent {
                 part.contributors.push(from);
             }
         }
-        let win = self.partials[pi].windows[w as usize];
+        let win = work(&mut self.work).partials[pi].windows[w as usize];
         let mut win = win;
         if win.chunk.is_none() && !win.spilled {
             match bufs.pool.alloc_or_wait() {
@@ -1295,7 +1330,7 @@ impl Torrent {
             }
         }
         win.received += 1;
-        self.partials[pi].windows[w as usize] = win;
+        work(&mut self.work).partials[pi].windows[w as usize] = win;
 
         let wlen = self.window_len(b.piece, w);
         let wblocks = (wlen as u32).div_ceil(BLOCK_LEN);
@@ -1312,7 +1347,7 @@ impl Torrent {
             }
             self.advance_hash(pi, bufs);
         }
-        let part = &self.partials[pi];
+        let part = &work(&mut self.work).partials[pi];
         if part.received.is_full() {
             self.finish_piece(pi, bufs)?;
         }
@@ -1322,18 +1357,17 @@ impl Torrent {
     /// Hashes complete, in-memory windows that are next in order, releasing their chunks.
     fn advance_hash(&mut self, pi: usize, bufs: &mut Buffers) {
         loop {
-            let part = &self.partials[pi];
-            let w = part.hashed_windows;
-            if w as usize >= part.windows.len() {
+            let part = &work(&mut self.work).partials[pi];
+            let (piece, w) = (part.piece, part.hashed_windows);
+            let Some(&win) = part.windows.get(w as usize) else {
                 return;
-            }
-            let win = part.windows[w as usize];
-            let wlen = self.window_len(part.piece, w);
+            };
+            let wlen = self.window_len(piece, w);
             let wblocks = (wlen as u32).div_ceil(BLOCK_LEN);
             let (Some(c), true) = (win.chunk, win.received as u32 == wblocks) else {
                 return;
             };
-            let part = &mut self.partials[pi];
+            let part = &mut work(&mut self.work).partials[pi];
             part.sha.update(&bufs.pool.get(c)[..wlen]);
             part.hashed_windows += 1;
             part.windows[w as usize].chunk = None;
@@ -1345,16 +1379,18 @@ impl Torrent {
         self.advance_hash(pi, bufs);
         // Windows not hashed yet were spilled or arrived out of order: hash them from memory
         // if they are still held, else read them back.
-        let piece = self.partials[pi].piece;
-        let nwin = self.partials[pi].windows.len() as u32;
-        for w in self.partials[pi].hashed_windows..nwin {
+        let piece = work(&mut self.work).partials[pi].piece;
+        let nwin = work(&mut self.work).partials[pi].windows.len() as u32;
+        for w in work(&mut self.work).partials[pi].hashed_windows..nwin {
             let wlen = self.window_len(piece, w);
-            let win = self.partials[pi].windows[w as usize];
+            let win = work(&mut self.work).partials[pi].windows[w as usize];
             match win.chunk {
                 Some(c) => {
-                    self.partials[pi].sha.update(&bufs.pool.get(c)[..wlen]);
+                    work(&mut self.work).partials[pi]
+                        .sha
+                        .update(&bufs.pool.get(c)[..wlen]);
                     bufs.pool.release(c);
-                    self.partials[pi].windows[w as usize].chunk = None;
+                    work(&mut self.work).partials[pi].windows[w as usize].chunk = None;
                 }
                 None => {
                     let woff = self.piece_offset(piece) + w as u64 * CHUNK_LEN as u64;
@@ -1365,14 +1401,16 @@ impl Torrent {
                         self.store
                             .read(woff + done as u64, &mut bufs.scratch[..n])
                             .map_err(|e| e.to_string())?;
-                        self.partials[pi].sha.update(&bufs.scratch[..n]);
+                        work(&mut self.work).partials[pi]
+                            .sha
+                            .update(&bufs.scratch[..n]);
                         done += n;
                     }
                     self.store.drop_cache(woff, wlen);
                 }
             }
         }
-        let part = self.partials.swap_remove(pi);
+        let part = work(&mut self.work).partials.swap_remove(pi);
         let digest = part.sha.finish();
         let expected = self.meta.piece_hash(piece).copied().unwrap_or([0; 20]);
         if digest == expected {
@@ -1380,8 +1418,10 @@ impl Torrent {
                 pk.piece_passed(piece);
             }
             self.have.set(piece);
-            self.new_haves.push(piece);
-            self.events.push(Event::PieceVerified(piece));
+            work(&mut self.work).new_haves.push(piece);
+            work(&mut self.work)
+                .events
+                .push(Event::PieceVerified(piece));
             if self.wanted.as_ref().is_some_and(|w| w.get(piece)) {
                 self.wanted_missing = self.wanted_missing.saturating_sub(1);
             }
@@ -1400,7 +1440,7 @@ impl Torrent {
                 if let Err(e) = r {
                     return Err(e.to_string());
                 }
-                self.events.push(Event::Completed);
+                work(&mut self.work).events.push(Event::Completed);
             }
         } else {
             let plen = self.meta.piece_len(piece) as u64;
@@ -1420,19 +1460,19 @@ impl Torrent {
                     if (part.contributors.len() == 1 || u32::from(failures) >= MAX_HASH_FAILURES)
                         && self.candidates.ban(*a, Instant::ZERO, max)
                     {
-                        self.banned.push(*a);
+                        work(&mut self.work).banned.push(*a);
                     }
                 }
             }
         }
-        self.spare_partials.push(part);
+        work(&mut self.work).spare_partials.push(part);
         self.settle_download();
         Ok(())
     }
 
     /// A peer banned for corrupt data since the last call; the engine closes its connection.
     pub fn poll_banned(&mut self) -> Option<SocketAddr> {
-        self.banned.pop()
+        self.work.as_mut().and_then(|w| w.banned.pop())
     }
 
     /// Whether the peer at `addr` has been banned for corrupt data; the engine closes it.
@@ -1618,7 +1658,8 @@ impl Torrent {
     /// loop turn after input handling, before `fill_tx`.
     pub fn broadcast<'a>(&mut self, peers: impl Iterator<Item = &'a mut PeerConn>) {
         let no_cancels = self.dl.as_ref().map_or(true, |d| d.cancels.is_empty());
-        if self.new_haves.is_empty() && no_cancels {
+        let new_haves: &[u32] = self.work.as_ref().map_or(&[], |w| &w.new_haves);
+        if new_haves.is_empty() && no_cancels {
             return;
         }
         let complete = self.is_complete();
@@ -1627,7 +1668,7 @@ impl Torrent {
             if !p.is_established() {
                 continue;
             }
-            for &piece in &self.new_haves {
+            for &piece in new_haves {
                 // Peers that have the piece do not need to hear of it.
                 if !p.seed && !p.have.get(piece) {
                     p.push(&Message::Have(piece));
@@ -1648,7 +1689,9 @@ impl Torrent {
                 p.push(&Message::NotInterested);
             }
         }
-        self.new_haves.clear();
+        if let Some(w) = self.work.as_mut() {
+            w.new_haves.clear();
+        }
         if let Some(d) = self.dl.as_mut() {
             d.cancels.clear();
         }
@@ -1775,9 +1818,6 @@ mod tests {
             total_length: data.len() as u64,
             private: false,
             trackers: vec![],
-            comment: None,
-            created_by: None,
-            creation_date: None,
             multi_file: false,
         }
     }
@@ -1928,15 +1968,18 @@ mod tests {
     #[test]
     fn downloading_completes_drops_download_state() {
         let data = test_data(300_000);
-        let (leech, _) = run_swarm(&data, 16384, 4, true, false);
+        let (mut leech, _) = run_swarm(&data, 16384, 4, true, false);
         assert!(leech.is_complete());
         assert!(!leech.has_download_state(), "a seed keeps no picker");
+        assert!(leech.poll_event().is_some(), "events wait for the engine");
+        while leech.poll_event().is_some() {}
         assert!(
-            leech.spare_partials.capacity() == 0,
-            "nor recycled partials"
+            leech.work.is_none(),
+            "nor, once the engine drained its events, recycled partials or queues"
         );
         let seed = torrent(&data, false, true, 6881, 1);
         assert!(!seed.has_download_state(), "nor one added complete");
+        assert!(seed.work.is_none());
         let leech = torrent(&data, false, false, 6881, 2);
         assert!(leech.has_download_state());
     }

@@ -140,9 +140,6 @@ fn meta_for(data: &[u8], piece_length: u32) -> Metainfo {
         total_length: data.len() as u64,
         private: false,
         trackers: vec![],
-        comment: None,
-        created_by: None,
-        creation_date: None,
         multi_file: false,
     }
 }

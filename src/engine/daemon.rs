@@ -1186,21 +1186,16 @@ impl Engine {
                         e.dirty = true;
                     }
                     if let Some(d) = down {
-                        e.down_bucket.set_rate(
-                            now,
-                            d,
-                            d.map_or(0, crate::ratelimit::default_burst),
-                        );
+                        e.set_limit(now, false, d);
                     }
                     if let Some(u) = up {
-                        e.up_bucket
-                            .set_rate(now, u, u.map_or(0, crate::ratelimit::default_burst));
+                        e.set_limit(now, true, u);
                     }
                     ok(format!(
                         "torrent {} limits: down {} up {} seed_ratio {} seed_time {}\n",
                         e.id,
-                        crate::cli::format_rate(e.down_bucket.rate()),
-                        crate::cli::format_rate(e.up_bucket.rate()),
+                        crate::cli::format_rate(e.limit_rate(false)),
+                        crate::cli::format_rate(e.limit_rate(true)),
                         e.seed_ratio()
                             .map_or("global".to_string(), |r| format!("{r}")),
                         e.seed_time()

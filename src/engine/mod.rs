@@ -205,8 +205,10 @@ struct Entry {
     /// Bytes counted in earlier sessions (from resume data), for status and ratio.
     base_downloaded: u64,
     base_uploaded: u64,
-    down_bucket: TokenBucket,
-    up_bucket: TokenBucket,
+    /// Per-torrent rate limits (`atorrent limit ID --down/--up`), boxed because few torrents
+    /// have one: `None` means both unlimited, and an unlimited bucket keeps no state that
+    /// matters.
+    limits: Option<Box<Limits>>,
     /// When this torrent started seeding (for `seed_time`).
     seeding_since: Option<Instant>,
     /// What few torrents have (notes, own seeding limits, a magnet's file selection), boxed
@@ -221,6 +223,11 @@ struct Entry {
     scraped_at: Option<Instant>,
 }
 
+struct Limits {
+    down: TokenBucket,
+    up: TokenBucket,
+}
+
 #[derive(Default)]
 struct Extra {
     /// Why the torrent stopped by itself (seeding limits), shown in `status`.
@@ -233,6 +240,43 @@ struct Extra {
 }
 
 impl Entry {
+    /// This torrent's own upload (`up`) or download bucket, or `spare` (an unlimited bucket)
+    /// when it has no limits.
+    fn bucket<'a>(&'a mut self, up: bool, spare: &'a mut TokenBucket) -> &'a mut TokenBucket {
+        match self.limits.as_deref_mut() {
+            Some(l) if up => &mut l.up,
+            Some(l) => &mut l.down,
+            None => spare,
+        }
+    }
+
+    /// Sets one direction's limit (`None`: unlimited); drops the box once neither is limited.
+    fn set_limit(&mut self, now: Instant, up: bool, rate: Option<u64>) {
+        if rate.is_none() && self.limits.is_none() {
+            return;
+        }
+        let l = self.limits.get_or_insert_with(|| {
+            Box::new(Limits {
+                down: TokenBucket::unlimited(),
+                up: TokenBucket::unlimited(),
+            })
+        });
+        let b = if up { &mut l.up } else { &mut l.down };
+        b.set_rate(now, rate, rate.map_or(0, crate::ratelimit::default_burst));
+        if l.up.rate().is_none() && l.down.rate().is_none() {
+            self.limits = None;
+        }
+    }
+
+    fn limit_rate(&self, up: bool) -> Option<u64> {
+        let l = self.limits.as_deref()?;
+        if up {
+            l.up.rate()
+        } else {
+            l.down.rate()
+        }
+    }
+
     /// The rare fields for writing; `set` is false for a value that is unset, which then
     /// needs no box.
     fn extra_mut(&mut self, set: bool) -> Option<&mut Extra> {
@@ -515,8 +559,7 @@ impl Engine {
             paused: false,
             base_downloaded: 0,
             base_uploaded: 0,
-            down_bucket: TokenBucket::unlimited(),
-            up_bucket: TokenBucket::unlimited(),
+            limits: None,
             seeding_since: None,
             extra: None,
             fetch: None,
@@ -883,14 +926,16 @@ impl Engine {
         // Upload limit: write only what the global and per-torrent buckets grant; the rest
         // waits for the wake-up at which tokens return.
         let pending = p.tx_pending().len() as u64;
+        let mut spare = TokenBucket::unlimited();
         let mut granted = match p.torrent.and_then(|ti| self.torrents.get_mut(ti)) {
-            Some(e) if pending > 0 => self.up.grant(now, &mut e.up_bucket, pending),
+            Some(e) if pending > 0 => self.up.grant(now, e.bucket(true, &mut spare), pending),
             _ => pending,
         };
         if granted < pending {
             if let Some(e) = p.torrent.and_then(|ti| self.torrents.get_mut(ti)) {
-                let want = (pending - granted).min(e.up_bucket.burst().max(1));
-                if let Some(w) = self.up.next_available_at(now, &mut e.up_bucket, want) {
+                let b = e.bucket(true, &mut spare);
+                let want = (pending - granted).min(b.burst().max(1));
+                if let Some(w) = self.up.next_available_at(now, b, want) {
                     self.wake_at = Some(self.wake_at.map_or(w, |x| x.min(w)));
                 }
             }
@@ -917,7 +962,7 @@ impl Engine {
         }
         if granted > 0 {
             if let Some(e) = p.torrent.and_then(|ti| self.torrents.get_mut(ti)) {
-                self.up.refund(&mut e.up_bucket, granted);
+                self.up.refund(e.bucket(true, &mut spare), granted);
             }
         }
     }
@@ -960,14 +1005,14 @@ impl Engine {
                     Phase::Established => p.torrent.and_then(|ti| self.torrents.get_mut(ti)),
                     _ => None,
                 };
+                let mut spare = TokenBucket::unlimited();
                 let granted = match entry {
                     Some(e) => {
-                        let g = self.down.grant(now, &mut e.down_bucket, free);
+                        let b = e.bucket(false, &mut spare);
+                        let g = self.down.grant(now, b, free);
                         if g == 0 {
-                            let want = free.min(e.down_bucket.burst().max(1));
-                            if let Some(w) =
-                                self.down.next_available_at(now, &mut e.down_bucket, want)
-                            {
+                            let want = free.min(b.burst().max(1));
+                            if let Some(w) = self.down.next_available_at(now, b, want) {
                                 self.wake_at = Some(self.wake_at.map_or(w, |x| x.min(w)));
                             }
                             self.throttled.push(h);
@@ -997,7 +1042,7 @@ impl Engine {
                 if got < granted {
                     if let Some(e) = p.torrent.and_then(|ti| self.torrents.get_mut(ti)) {
                         if p.phase == Phase::Established {
-                            self.down.refund(&mut e.down_bucket, granted - got);
+                            self.down.refund(e.bucket(false, &mut spare), granted - got);
                         }
                     }
                 }
@@ -1557,9 +1602,6 @@ impl Engine {
             total_length: 1,
             private: false,
             trackers: m.trackers.iter().map(|t| vec![t.clone()]).collect(),
-            comment: None,
-            created_by: None,
-            creation_date: None,
             multi_file: false,
         };
         let settings = crate::torrent::Settings {
@@ -2592,12 +2634,14 @@ pub fn human(n: u64) -> String {
 #[cfg(test)]
 mod size_tests {
     /// Issue 8: a daemon holds thousands of mostly idle torrents, so every byte of an entry
-    /// counts per torrent. Download state, the choker and rare settings are boxed; this fails
-    /// when a field lands inline again (64-bit layout: Entry 896, Torrent 584 bytes now).
+    /// counts per torrent. Download state, piece assembly, the choker, rate limits and rare
+    /// settings are boxed; this fails when a field lands inline again (64-bit layout: Entry
+    /// 624, Torrent 416, Storage 152 bytes now).
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn entry_inline_size_stays_under_a_kib() {
-        assert!(std::mem::size_of::<super::Entry>() <= 928);
-        assert!(std::mem::size_of::<crate::torrent::Torrent>() <= 608);
+        assert!(std::mem::size_of::<super::Entry>() <= 640);
+        assert!(std::mem::size_of::<crate::torrent::Torrent>() <= 424);
+        assert!(std::mem::size_of::<crate::storage::Storage>() <= 160);
     }
 }
