@@ -363,6 +363,9 @@ pub struct Storage {
     tick: u64,
     warned_direct: bool,
     stats: IoStats,
+    /// `stats.bytes_written` when the summary was last logged (flush runs at completion and
+    /// again at shutdown; the summary is worth one line).
+    logged_written: u64,
 }
 
 /// `root` joined with `comps`, each of which must be one plain file name; the result is checked
@@ -470,6 +473,7 @@ impl Storage {
             tick: 0,
             warned_direct: false,
             stats: IoStats::default(),
+            logged_written: u64::MAX,
         })
     }
 
@@ -992,16 +996,19 @@ impl PieceStore for Storage {
     fn flush(&mut self) -> Result<(), StorageError> {
         self.set_len_final()?;
         let st = &self.stats;
-        log::info!(
+        if st.bytes_written != self.logged_written {
+            self.logged_written = st.bytes_written;
+            log::info!(
             "storage: {} direct writes ({} async), {} buffered, {} MB written; {} reads, {} MB; {} opens",
             st.direct_writes,
             st.async_writes,
             st.buffered_writes,
             st.bytes_written >> 20,
             st.reads,
-            st.bytes_read >> 20,
-            st.opens
-        );
+                st.bytes_read >> 20,
+                st.opens
+            );
+        }
         self.sync_all()
     }
 
