@@ -79,6 +79,9 @@ fi
   --tracker "http://$TRACKER_IP:$tracker_port/announce" --piece-length $((PIECE_KB * 1024)) \
   >"$work/create.out"
 hash=$(sed -n 's/^infohash //p' "$work/create.out")
+# The payload was just written: flush it to disk so its writeback does not land on the first
+# client measured.
+sync
 
 # opentracker: whitelist inside its chroot; TCP only.
 echo "$hash" >"$work/tracker/whitelist"
@@ -181,6 +184,8 @@ JSON
   fi
   printf '%s\t%s\t%s\t%s\n' "$client" "$rc" "$ok" "$tfile" >>"$results"
   rm -rf "$dl"
+  # Write back this client's dirty pages (and the deletion) now, not during the next client.
+  sync
 done
 
 echo
