@@ -2023,23 +2023,40 @@ mod tests {
 
     /// Runs an established pair until the leecher completes (or a bounded number of turns).
     fn download_from(seed: &mut Torrent, leech: &mut Torrent) {
+        download_with(
+            seed,
+            leech,
+            &mut Buffers::new(2),
+            &mut Buffers::new(2),
+            5_000,
+        );
+    }
+
+    /// `download_from` with the caller's buffers (the leecher's may write asynchronously; its
+    /// finished writes are reaped every turn, as the engine does) and turn limit.
+    fn download_with(
+        seed: &mut Torrent,
+        leech: &mut Torrent,
+        sbufs: &mut Buffers,
+        lbufs: &mut Buffers,
+        turns: u32,
+    ) {
         let (mut a, mut b) = pair(seed, leech, true);
-        let mut sbufs = Buffers::new(2);
-        let mut lbufs = Buffers::new(2);
         let mut now = Instant::ZERO;
-        for _ in 0..5_000 {
+        for _ in 0..turns {
             if leech.is_complete() || a.close.is_some() || b.close.is_some() {
                 break;
             }
             now = now + Duration::from_millis(1);
             pipe(&mut a, &mut b);
-            leech.handle_rx(&mut b, now, &mut lbufs);
+            leech.handle_rx(&mut b, now, lbufs);
+            lbufs.pool.poll(false);
             pipe(&mut b, &mut a);
-            seed.handle_rx(&mut a, now, &mut sbufs);
+            seed.handle_rx(&mut a, now, sbufs);
             seed.broadcast(std::iter::once(&mut a));
             leech.broadcast(std::iter::once(&mut b));
-            seed.fill_tx(&mut a, &mut sbufs);
-            leech.fill_tx(&mut b, &mut lbufs);
+            seed.fill_tx(&mut a, sbufs);
+            leech.fill_tx(&mut b, lbufs);
         }
         seed.on_closed(&mut a, now);
         leech.on_closed(&mut b, now);
@@ -2565,24 +2582,15 @@ mod tests {
             Rng::new(2),
         )
         .unwrap();
-        let (mut a, mut b) = pair(&mut seed, &mut leech, true);
-        let mut sbufs = Buffers::new(2);
         let mut lbufs = Buffers::with_aio(2, true);
-        let mut now = Instant::ZERO;
-        for _ in 0..20_000 {
-            if leech.is_complete() || a.close.is_some() || b.close.is_some() {
-                break;
-            }
-            now = now + Duration::from_millis(1);
-            pipe(&mut a, &mut b);
-            leech.handle_rx(&mut b, now, &mut lbufs);
-            lbufs.pool.poll(false);
-            pipe(&mut b, &mut a);
-            seed.handle_rx(&mut a, now, &mut sbufs);
-            seed.fill_tx(&mut a, &mut sbufs);
-            leech.fill_tx(&mut b, &mut lbufs);
-        }
-        assert!(leech.is_complete(), "{:?} {:?}", a.close, b.close);
+        download_with(
+            &mut seed,
+            &mut leech,
+            &mut Buffers::new(2),
+            &mut lbufs,
+            20_000,
+        );
+        assert!(leech.is_complete());
         assert_eq!(
             lbufs.pool.inflight(),
             0,
