@@ -1822,6 +1822,33 @@ mod tests {
         }
     }
 
+    /// A seed (`full`) or an empty leecher of `meta` over `store`, with peer id and rng seed
+    /// from `id`.
+    fn peer_torrent(
+        meta: &Metainfo,
+        full: bool,
+        store: Box<dyn PieceStore>,
+        chunks: usize,
+        id: u8,
+    ) -> Torrent {
+        let n = meta.piece_count();
+        let have = if full {
+            Bitfield::full(n)
+        } else {
+            Bitfield::new(n)
+        };
+        Torrent::new(
+            meta.clone(),
+            have,
+            store,
+            chunks,
+            [id; 20],
+            settings(),
+            Rng::new(u64::from(id)),
+        )
+        .unwrap()
+    }
+
     fn settings() -> Settings {
         Settings {
             upload_slots: 4,
@@ -1870,32 +1897,19 @@ mod tests {
         corrupt: bool,
     ) -> (Torrent, u32) {
         let meta = meta_for(data, piece_length);
-        let n = meta.piece_count();
         let mut seed_data = data.to_vec();
         if corrupt {
             // The seeder's copy of piece 1 is wrong: the leecher must notice and not keep it.
             seed_data[piece_length as usize + 5] ^= 0xff;
         }
-        let mut seed = Torrent::new(
-            meta.clone(),
-            Bitfield::full(n),
+        let mut seed = peer_torrent(
+            &meta,
+            true,
             Box::new(MemStore::from_bytes(seed_data)),
             chunks,
-            [1; 20],
-            settings(),
-            Rng::new(1),
-        )
-        .unwrap();
-        let mut leech = Torrent::new(
-            meta,
-            Bitfield::new(n),
-            Box::new(MemStore::new(data.len())),
-            chunks,
-            [2; 20],
-            settings(),
-            Rng::new(2),
-        )
-        .unwrap();
+            1,
+        );
+        let mut leech = peer_torrent(&meta, false, Box::new(MemStore::new(data.len())), chunks, 2);
         let (mut a, mut b) = pair(&mut seed, &mut leech, fast);
         let mut sbufs = Buffers::new(chunks);
         let mut lbufs = Buffers::new(chunks);
@@ -2557,31 +2571,18 @@ mod tests {
         // only two chunks, so writes in flight hold chunks the next window wants.
         let data = test_data(3 * 1024 * 1024 + 12345);
         let meta = meta_for(&data, 1 << 20);
-        let n = meta.piece_count();
         let dir = std::env::temp_dir().join(format!("atorrent-aio-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let store = Storage::open(&dir, &meta, DirectIo::Auto, 8).unwrap();
-        let mut seed = Torrent::new(
-            meta.clone(),
-            Bitfield::full(n),
+        let mut seed = peer_torrent(
+            &meta,
+            true,
             Box::new(MemStore::from_bytes(data.clone())),
             2,
-            [1; 20],
-            settings(),
-            Rng::new(1),
-        )
-        .unwrap();
-        let mut leech = Torrent::new(
-            meta,
-            Bitfield::new(n),
-            Box::new(store),
-            2,
-            [2; 20],
-            settings(),
-            Rng::new(2),
-        )
-        .unwrap();
+            1,
+        );
+        let mut leech = peer_torrent(&meta, false, Box::new(store), 2, 2);
         let mut lbufs = Buffers::with_aio(2, true);
         download_with(
             &mut seed,
