@@ -24,8 +24,8 @@ LT_PEER=$PWD/tests/peers/lt_peer.py
 
 command -v opentracker >/dev/null || { echo "bench-ctl: opentracker missing: run scripts/setup.sh" >&2; exit 1; }
 
-cargo build --profile "$PROFILE" --quiet
-if [ "$PROFILE" = dev ]; then BIN=$PWD/target/debug/atorrent; else BIN=$PWD/target/$PROFILE/atorrent; fi
+BIN=$(bench_bin "$PROFILE")
+echo "bench: measuring $BIN" >&2
 
 work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/atorrent-bench-ctl.XXXXXX")
 chmod 755 "$work"

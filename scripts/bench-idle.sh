@@ -18,8 +18,8 @@ KB=${BENCH_IDLE_KB:-64}
 SECS=${BENCH_IDLE_SECS:-60}
 PROFILE=${BENCH_PROFILE:-release}
 
-cargo build --profile "$PROFILE" --quiet
-if [ "$PROFILE" = dev ]; then BIN=$PWD/target/debug/atorrent; else BIN=$PWD/target/$PROFILE/atorrent; fi
+BIN=$(bench_bin "$PROFILE")
+echo "bench: measuring $BIN" >&2
 
 work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/atorrent-bench-idle.XXXXXX")
 cfg=$work/config.ini

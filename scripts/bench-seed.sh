@@ -28,8 +28,8 @@ for tool in aria2c transmission-cli; do
   command -v $tool >/dev/null || { echo "bench-seed: $tool missing: run scripts/setup.sh" >&2; exit 1; }
 done
 
-cargo build --profile "$PROFILE" --quiet
-if [ "$PROFILE" = dev ]; then BIN=$PWD/target/debug/atorrent; else BIN=$PWD/target/$PROFILE/atorrent; fi
+BIN=$(bench_bin "$PROFILE")
+echo "bench: measuring $BIN" >&2
 
 work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/atorrent-bench-seed.XXXXXX")
 chmod 755 "$work"

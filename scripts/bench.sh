@@ -44,9 +44,8 @@ for tool in opentracker aria2c transmission-cli; do
 done
 [ -x $TIME ] || { echo "bench: $TIME missing (package time): run scripts/setup.sh" >&2; exit 1; }
 
-cargo build --profile "$PROFILE" --quiet
-if [ "$PROFILE" = dev ]; then BIN=$PWD/target/debug/atorrent; else BIN=$PWD/target/$PROFILE/atorrent; fi
-BIN=${BENCH_BIN:-$BIN}
+BIN=$(bench_bin "$PROFILE")
+echo "bench: measuring $BIN" >&2
 
 work=$(mktemp -d "${BENCH_DIR:-${TMPDIR:-/tmp}}/atorrent-bench.XXXXXX")
 chmod 755 "$work"

@@ -41,3 +41,20 @@ wait_listening() {
 
 # now: seconds since the epoch with sub-second precision.
 now() { date +%s.%N; }
+
+# bench_bin PROFILE: builds, then prints the path of, the atorrent binary a benchmark measures.
+# For the release profile that is the static musl x86_64 build (the binary that ships) when
+# that rustup target is installed, else the host build of PROFILE; BENCH_BIN overrides both.
+bench_bin() {
+  local profile=$1 musl=x86_64-unknown-linux-musl
+  if [ -n "${BENCH_BIN:-}" ]; then
+    echo "$BENCH_BIN"
+  elif [ "$profile" = release ] && [ "$(uname -m)" = x86_64 ] &&
+    rustup target list --installed 2>/dev/null | grep -qx "$musl"; then
+    bash cross/build.sh "$musl" --release --quiet >&2
+    echo "$PWD/target/$musl/release/atorrent"
+  else
+    cargo build --profile "$profile" --quiet >&2
+    if [ "$profile" = dev ]; then echo "$PWD/target/debug/atorrent"; else echo "$PWD/target/$profile/atorrent"; fi
+  fi
+}
