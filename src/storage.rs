@@ -1430,13 +1430,18 @@ mod tests {
             .count()
     }
 
-    #[test]
-    fn many_files_open_cap_respected() {
+    /// A torrent of twelve 5000-byte files (more than the descriptor caps used below).
+    fn twelve_files() -> (Metainfo, Vec<u8>) {
         let spec: Vec<(String, u64, bool)> =
             (0..12).map(|i| (format!("f{i}"), 5000, false)).collect();
         let spec_ref: Vec<(&str, u64, bool)> =
             spec.iter().map(|(n, l, p)| (n.as_str(), *l, *p)).collect();
-        let (meta, data) = torrent(&spec_ref, 16384);
+        torrent(&spec_ref, 16384)
+    }
+
+    #[test]
+    fn many_files_open_cap_respected() {
+        let (meta, data) = twelve_files();
         let dir = TempDir::new("cap");
         let mut st = Storage::open(&dir.0, &meta, DirectIo::Auto, 3).unwrap();
         for (k, chunk) in data.chunks(3000).enumerate().rev() {
@@ -1457,11 +1462,7 @@ mod tests {
 
     #[test]
     fn many_files_evicted_after_writes_sync_all_syncs_every_file() {
-        let spec: Vec<(String, u64, bool)> =
-            (0..12).map(|i| (format!("f{i}"), 5000, false)).collect();
-        let spec_ref: Vec<(&str, u64, bool)> =
-            spec.iter().map(|(n, l, p)| (n.as_str(), *l, *p)).collect();
-        let (meta, data) = torrent(&spec_ref, 16384);
+        let (meta, data) = twelve_files();
         let dir = TempDir::new("syncevict");
         let mut st = Storage::open(&dir.0, &meta, DirectIo::Off, 3).unwrap();
         st.write(0, &data).unwrap();
