@@ -91,17 +91,21 @@ opentracker -i $TRACKER_IP -p "$tracker_port" -d "$work/tracker" -w whitelist \
 pids+=($!)
 wait_listening $TRACKER_IP "$tracker_port" 10
 
-# The seeders (127.0.0.2, .3, ...) trust the data (--seed-mode: no hash check) and dial whatever
+# The seeders (127.0.0.2, .3, ...) hash-check the data before they report ready, so no client
+# pays for it (in --seed-mode libtorrent hashes each piece when it is first requested, which
+# made the first client measured share the seeder's CPU with its hashing). They dial whatever
 # address is written to peers.txt (for transmission).
 : >"$work/peers.txt"
+seeder_pids=()
 for s in $(seq 1 "$SEEDERS"); do
   sip=127.0.0.$((s + 1))
   sport=$(free_port "$sip")
   "$PY" -u "$LT_PEER" seed --torrent "$work/bench.torrent" --dir "$work/seed" \
-    --listen "$sip:$sport" --seed-mode --peers-file "$work/peers.txt" \
+    --listen "$sip:$sport" --peers-file "$work/peers.txt" \
     --timeout $((TIMEOUT * 6 + 120)) >"$work/seeder$s.out" 2>"$work/seeder$s.err" &
   spid=$!
   pids+=($spid)
+  seeder_pids+=($spid)
   wait_line "$work/seeder$s.out" '^ready' 60 $spid
 done
 # Let every seeder announce before the first client asks the tracker.
@@ -109,6 +113,15 @@ sleep 1
 
 same() {
   if [ "$FILES" = 1 ]; then cmp -s "$work/seed/$name" "$1/$name"; else diff -rq "$work/seed/$name" "$1/$name" >/dev/null; fi
+}
+
+# seeders_ticks: user+system clock ticks used so far by the seeder processes (all threads).
+seeders_ticks() {
+  local t=0 p
+  for p in "${seeder_pids[@]}"; do
+    t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+  done
+  echo $t
 }
 
 results=$work/results.tsv
@@ -124,6 +137,7 @@ for client in $CLIENTS; do
   log=$work/$client.log
   rc=0
   echo "bench: $client on $ip:$port ..."
+  s0=$(seeders_ticks)
   case $client in
     atorrent)
       # shellcheck disable=SC2086
@@ -181,7 +195,9 @@ JSON
     echo "bench: $client failed (exit $rc); last log lines:" >&2
     tail -5 "$log" >&2 || true
   fi
-  printf '%s\t%s\t%s\t%s\n' "$client" "$rc" "$ok" "$tfile" >>"$results"
+  s1=$(seeders_ticks)
+  seed_cpu=$(python3 -c 'import sys; print(int(sys.argv[1]) / int(sys.argv[2]))' $((s1 - s0)) "$(getconf CLK_TCK)")
+  printf '%s\t%s\t%s\t%s\t%s\n' "$client" "$rc" "$ok" "$tfile" "$seed_cpu" >>"$results"
   rm -rf "$dl"
   # Write back this client's dirty pages (and the deletion) now, not during the next client.
   sync

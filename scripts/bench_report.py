@@ -32,22 +32,30 @@ def main():
     rows = []
     with open(results) as f:
         for line in f:
-            client, rc, ok, tfile = line.rstrip("\n").split("\t")
+            fields = line.rstrip("\n").split("\t")
+            client, rc, ok, tfile = fields[:4]
             t = parse_time(tfile)
+            if t is not None and len(fields) > 4 and fields[4]:
+                # CPU the seeders used while this client downloaded (all their threads).
+                t["seed_cpu"] = float(fields[4])
             rows.append((client, rc, ok, t))
 
     print()
-    print("%-13s %5s %9s %9s %12s %13s" % ("client", "ok", "wall s", "MB/s", "CPU s/GiB", "peak RSS MiB"))
-    print("-" * 66)
+    print(
+        "%-13s %5s %9s %9s %12s %13s %16s"
+        % ("client", "ok", "wall s", "MB/s", "CPU s/GiB", "peak RSS MiB", "seeder CPU s/GiB")
+    )
+    print("-" * 83)
     for client, rc, ok, t in rows:
         if t is None or ok != "yes":
             t = t or {"wall": 0.0}
             print("%-13s %5s %9.2f %9s %12s %13s" % (client, "no" if rc == "0" else "rc=" + rc, t["wall"], "-", "-", "-"))
             continue
         rate = size / 1e6 / max(t["wall"], 1e-9)
+        seed = "%.2f" % (t["seed_cpu"] / gib) if "seed_cpu" in t else "-"
         print(
-            "%-13s %5s %9.2f %9.1f %12.2f %13.1f"
-            % (client, ok, t["wall"], rate, t["cpu"] / gib, t["rss_mib"])
+            "%-13s %5s %9.2f %9.1f %12.2f %13.1f %16s"
+            % (client, ok, t["wall"], rate, t["cpu"] / gib, t["rss_mib"], seed)
         )
 
     mine = next((t for c, rc, ok, t in rows if c == "atorrent" and ok == "yes" and t), None)
