@@ -147,6 +147,24 @@ pub struct Outstanding {
     pub block: BlockRef,
 }
 
+/// A piece message whose payload is read from the socket straight into the pool chunk that
+/// assembles its window, instead of through `rx` (which would cost a copy of every byte).
+/// The torrent checks before every read that the target is still this block's (see
+/// `Torrent::direct_target`); when it is not, the rest of the payload is read and dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectRx {
+    pub block: BlockRef,
+    /// The chunk and its generation when the receive began (a released chunk's generation
+    /// changes, so a stale target is never written).
+    pub chunk: u32,
+    pub gen: u32,
+    /// Offset of the block within the chunk.
+    pub at: u32,
+    /// Payload bytes received so far, of `len`.
+    pub done: u32,
+    pub len: u32,
+}
+
 pub struct PeerConn {
     pub addr: SocketAddr,
     pub outgoing: bool,
@@ -214,6 +232,12 @@ pub struct PeerConn {
     /// Whether the stream is encrypted (MSE selected RC4).
     pub encrypted: bool,
 
+    /// A piece payload being received into a pool chunk (see `DirectRx`).
+    pub direct: Option<DirectRx>,
+    /// Payload bytes still to be read and dropped: the rest of a direct receive whose target
+    /// was taken (another peer delivered the block first, or the piece was abandoned).
+    pub discard: u32,
+
     /// Size of `rx`, and the most `tx` may grow to.
     pub buf_size: usize,
     pub rx: Vec<u8>,
@@ -271,6 +295,8 @@ impl PeerConn {
             rc4_out: None,
             tx_crypted: 0,
             encrypted: false,
+            direct: None,
+            discard: 0,
             buf_size,
             // Allocated by `commit` (the engine's pool, at start) or at the latest when the slot
             // first carries a connection (`reset`); a slot keeps them for later connections.
@@ -429,6 +455,18 @@ impl PeerConn {
         if let Some(rc4) = self.rc4_in.as_mut() {
             rc4.apply(&mut self.rx[start..start + n]);
         }
+    }
+
+    /// Decrypts bytes read outside `rx` (a direct payload), in stream order with `rx`'s.
+    pub fn decrypt_payload(&mut self, buf: &mut [u8]) {
+        if let Some(rc4) = self.rc4_in.as_mut() {
+            rc4.apply(buf);
+        }
+    }
+
+    /// Whether a piece payload is being read outside `rx` (into a chunk, or dropped).
+    pub fn in_payload(&self) -> bool {
+        self.direct.is_some() || self.discard > 0
     }
 
     pub fn rx_free(&mut self) -> &mut [u8] {

@@ -510,6 +510,14 @@ impl Picker {
         }
     }
 
+    /// Whether block `b` is requested from some peer and not yet received: what
+    /// `block_received` would call `New`, asked without changing anything.
+    pub fn is_requested(&self, b: BlockRef) -> bool {
+        self.slot_of(b.piece)
+            .and_then(|s| s.states.get(b.block as usize))
+            .is_some_and(|&st| st != B_FREE && st != B_RECEIVED)
+    }
+
     /// An outstanding request will not be answered (choke, reject, timeout, disconnect,
     /// cancel). The block becomes free again once no peer has it outstanding. A partial left
     /// with nothing requested and nothing received gives its slot back, so an abandoned start

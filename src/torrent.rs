@@ -24,8 +24,9 @@ use crate::hash::Sha1;
 use crate::metainfo::Metainfo;
 pub use crate::peer::Candidate;
 use crate::peer::{
-    Candidates, CloseReason, Outstanding, PeerConn, Phase, MAX_ALLOWED_FAST, MAX_INCOMING_REQUESTS,
-    MAX_INFLIGHT_PER_TORRENT, MAX_OUTSTANDING, MIN_INFLIGHT_SHARE, SNUB_TIMEOUT,
+    Candidates, CloseReason, DirectRx, Outstanding, PeerConn, Phase, MAX_ALLOWED_FAST,
+    MAX_INCOMING_REQUESTS, MAX_INFLIGHT_PER_TORRENT, MAX_OUTSTANDING, MIN_INFLIGHT_SHARE,
+    SNUB_TIMEOUT,
 };
 use crate::picker::{BlockRef, Picker, PieceSet, Received};
 use crate::rng::Rng;
@@ -38,6 +39,8 @@ use crate::wire::{self, BlockRequest, Message, BLOCK_LEN};
 /// test machines reaches full disk speed (16 KiB writes run at about a seventh of it).
 pub const WINDOW_BLOCKS: u32 = 16;
 pub const CHUNK_LEN: usize = (WINDOW_BLOCKS * BLOCK_LEN) as usize;
+// `Window::claimed` has a bit per block.
+const _: () = assert!(WINDOW_BLOCKS <= u16::BITS);
 /// Peers remembered per piece as having sent blocks of it (for blame on a hash failure).
 const MAX_CONTRIBUTORS: usize = 8;
 /// Peer addresses remembered per torrent as connection candidates (from trackers, `--peer`,
@@ -143,6 +146,9 @@ pub struct ChunkPool {
     done: Vec<Completion>,
     /// Failed asynchronous writes: (owner, message), collected by the engine.
     errors: Vec<(u64, String)>,
+    /// Bumped each time a chunk is released: a direct receive holding an older generation
+    /// must not write into the chunk's next use.
+    gen: Vec<u32>,
 }
 
 impl ChunkPool {
@@ -155,6 +161,7 @@ impl ChunkPool {
             extent: vec![(0, 0, 0); chunks],
             done: Vec::with_capacity(sys::AIO_QUEUE),
             errors: Vec::new(),
+            gen: vec![0; chunks],
         }
     }
     /// A free chunk, waiting for writes in flight to finish when that frees one: the disk
@@ -174,6 +181,9 @@ impl ChunkPool {
     }
     fn release(&mut self, c: u32) {
         debug_assert!(!self.free.contains(&c));
+        if let Some(g) = self.gen.get_mut(c as usize) {
+            *g = g.wrapping_add(1);
+        }
         if self.mem.busy(c) {
             self.release_pending[c as usize] = true;
         } else {
@@ -185,6 +195,9 @@ impl ChunkPool {
     }
     fn get_mut(&mut self, c: u32) -> &mut [u8] {
         self.mem.chunk_mut(c)
+    }
+    fn gen(&self, c: u32) -> u32 {
+        self.gen.get(c as usize).copied().unwrap_or(0)
     }
     pub fn available(&self) -> usize {
         self.free.len()
@@ -268,7 +281,27 @@ impl ChunkPool {
 struct Window {
     chunk: Option<u32>,
     received: u16,
+    /// Blocks (bit per block of the window) a peer is receiving straight into `chunk`: one
+    /// peer at a time per block, so two payloads never interleave in the same bytes.
+    claimed: u16,
     spilled: bool,
+}
+
+/// A received block's payload: still in the receive buffer, or already in its window's chunk
+/// (received there directly) with this many bytes.
+#[derive(Clone, Copy)]
+enum Payload<'a> {
+    Bytes(&'a [u8]),
+    InChunk(u32),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Bytes(b) => b.len(),
+            Payload::InChunk(n) => *n as usize,
+        }
+    }
 }
 
 struct Partial {
@@ -807,6 +840,10 @@ impl Torrent {
 
     /// Returns a closing peer's outstanding requests and availability to the picker.
     pub fn on_closed(&mut self, p: &mut PeerConn, now: Instant) {
+        if let Some(dr) = p.direct.take() {
+            self.unclaim(&dr);
+        }
+        p.discard = 0;
         if p.phase == Phase::Established {
             self.established = self.established.saturating_sub(1);
             if let Some(pk) = self.dl.as_mut().map(|d| &mut d.picker) {
@@ -863,6 +900,14 @@ impl Torrent {
                     p.close(CloseReason::Protocol(e.to_string()));
                     break;
                 }
+            }
+        }
+        // A piece message whose payload has only begun to arrive: receive the rest straight
+        // into its chunk (the engine reads it there), so the payload is never copied.
+        if p.close.is_none() && !p.in_payload() {
+            if let Some(dr) = self.begin_direct(p, &rx[used..p.rx_len], bufs) {
+                p.direct = Some(dr);
+                used = p.rx_len;
             }
         }
         p.rx = rx;
@@ -1008,7 +1053,7 @@ impl Torrent {
                 }
             }
             Message::Piece { index, begin, data } => {
-                self.on_piece(p, index, begin, data, now, bufs)
+                self.on_piece(p, index, begin, Payload::Bytes(data), now, bufs)
             }
             Message::Reject(r) => {
                 if !p.fast {
@@ -1181,7 +1226,7 @@ impl Torrent {
         p: &mut PeerConn,
         index: u32,
         begin: u32,
-        data: &[u8],
+        data: Payload<'_>,
         now: Instant,
         bufs: &mut Buffers,
     ) {
@@ -1231,6 +1276,182 @@ impl Torrent {
             self.release_partials(bufs);
             self.fail(e);
         }
+    }
+
+    // ----- direct receive: piece payloads read straight into their chunk -----
+
+    /// Starts a direct receive for the piece message at the start of `rest` (header and the
+    /// payload bytes read so far, not the whole message): claims the block in its window's
+    /// chunk and copies what has arrived there. `None` leaves the message to the normal path:
+    /// a block we did not ask this peer for, one already received or being received by
+    /// another peer, a window without a chunk (spilled), or a seed.
+    fn begin_direct(&mut self, p: &PeerConn, rest: &[u8], bufs: &mut Buffers) -> Option<DirectRx> {
+        let h = wire::PIECE_HEADER_LEN;
+        if rest.len() < h || rest[4] != wire::id::PIECE || self.state != State::Downloading {
+            return None;
+        }
+        let be = |i: usize| u32::from_be_bytes([rest[i], rest[i + 1], rest[i + 2], rest[i + 3]]);
+        let len = be(0).checked_sub(9)?;
+        // A payload already complete (the parser takes it) or longer than a block.
+        if len == 0 || len > BLOCK_LEN || rest.len() >= h + len as usize {
+            return None;
+        }
+        let (index, begin) = (be(5), be(9));
+        let b = self.block_of(BlockRequest {
+            index,
+            begin,
+            length: len,
+        })?;
+        if self.have.get(index)
+            || !self.dl.as_ref()?.picker.is_requested(b)
+            || !p.outstanding.iter().any(|o| o.block == b)
+        {
+            return None;
+        }
+        let pi = self.partial_index(b.piece);
+        let w = (b.block / WINDOW_BLOCKS) as usize;
+        let bit = 1u16 << (b.block % WINDOW_BLOCKS);
+        let part = &mut work(&mut self.work).partials[pi];
+        if part.received.get(b.block) || part.windows[w].claimed & bit != 0 {
+            return None;
+        }
+        let mut win = part.windows[w];
+        if win.chunk.is_none() && !win.spilled {
+            match bufs.pool.alloc_or_wait() {
+                Some(c) => win.chunk = Some(c),
+                None => win.spilled = true,
+            }
+        }
+        let c = win.chunk;
+        if c.is_some() {
+            win.claimed |= bit;
+        }
+        work(&mut self.work).partials[pi].windows[w] = win;
+        let c = c?;
+        let at = (b.block % WINDOW_BLOCKS) * BLOCK_LEN;
+        let got = &rest[h..];
+        bufs.pool.get_mut(c)[at as usize..at as usize + got.len()].copy_from_slice(got);
+        Some(DirectRx {
+            block: b,
+            chunk: c,
+            gen: bufs.pool.gen(c),
+            at,
+            done: got.len() as u32,
+            len,
+        })
+    }
+
+    /// Whether `dr`'s target is still its block's: the chunk was not released since, is still
+    /// its window's, and the block is claimed and not yet received.
+    fn direct_valid(&self, dr: &DirectRx, bufs: &Buffers) -> bool {
+        let w = (dr.block.block / WINDOW_BLOCKS) as usize;
+        let bit = 1u16 << (dr.block.block % WINDOW_BLOCKS);
+        bufs.pool.gen(dr.chunk) == dr.gen
+            && self
+                .work
+                .as_ref()
+                .and_then(|wk| wk.partials.iter().find(|x| x.piece == dr.block.piece))
+                .is_some_and(|part| {
+                    !part.received.get(dr.block.block)
+                        && part.windows.get(w).is_some_and(|win| {
+                            win.chunk == Some(dr.chunk) && win.claimed & bit != 0
+                        })
+                })
+    }
+
+    /// Gives up `dr`'s claim on its block, if the window still holds it.
+    fn unclaim(&mut self, dr: &DirectRx) {
+        let w = (dr.block.block / WINDOW_BLOCKS) as usize;
+        let bit = 1u16 << (dr.block.block % WINDOW_BLOCKS);
+        if let Some(part) = self
+            .work
+            .as_mut()
+            .and_then(|wk| wk.partials.iter_mut().find(|x| x.piece == dr.block.piece))
+        {
+            if let Some(win) = part.windows.get_mut(w) {
+                if win.chunk == Some(dr.chunk) {
+                    win.claimed &= !bit;
+                }
+            }
+        }
+    }
+
+    /// Where the next payload bytes of `p` go (call only while `p.in_payload()`): the rest of
+    /// its block in the chunk, or, when that target was taken meanwhile, a scratch buffer
+    /// whose contents are dropped. Never empty while a payload is pending.
+    pub fn payload_buf<'a>(&mut self, p: &mut PeerConn, bufs: &'a mut Buffers) -> &'a mut [u8] {
+        if let Some(dr) = p.direct {
+            if self.direct_valid(&dr, bufs) {
+                let (from, to) = ((dr.at + dr.done) as usize, (dr.at + dr.len) as usize);
+                return &mut bufs.pool.get_mut(dr.chunk)[from..to];
+            }
+            // Another peer delivered the block first, or the piece was abandoned.
+            p.direct = None;
+            p.discard = dr.len - dr.done;
+            self.direct_dropped(p, &dr);
+        }
+        let n = (p.discard as usize).min(bufs.scratch.len());
+        &mut bufs.scratch[..n]
+    }
+
+    /// `n` bytes were written at the start of the last `payload_buf`: decrypts them and, when
+    /// the block is complete, stores it like any received block.
+    pub fn payload_received(
+        &mut self,
+        p: &mut PeerConn,
+        n: usize,
+        now: Instant,
+        bufs: &mut Buffers,
+    ) {
+        if n == 0 {
+            return;
+        }
+        p.last_rx = now;
+        match p.direct {
+            Some(mut dr) => {
+                let n = n.min((dr.len - dr.done) as usize);
+                let from = (dr.at + dr.done) as usize;
+                p.decrypt_payload(&mut bufs.pool.get_mut(dr.chunk)[from..from + n]);
+                dr.done += n as u32;
+                if dr.done < dr.len {
+                    p.direct = Some(dr);
+                    return;
+                }
+                p.direct = None;
+                if !self.direct_valid(&dr, bufs) {
+                    // Not reachable: nothing runs between `payload_buf` and this call.
+                    self.direct_dropped(p, &dr);
+                    return;
+                }
+                self.unclaim(&dr);
+                let r = BlockRequest {
+                    index: dr.block.piece,
+                    begin: dr.block.block * BLOCK_LEN,
+                    length: dr.len,
+                };
+                self.on_piece(p, r.index, r.begin, Payload::InChunk(r.length), now, bufs);
+            }
+            None => {
+                let n = n.min(p.discard as usize).min(bufs.scratch.len());
+                p.decrypt_payload(&mut bufs.scratch[..n]);
+                p.discard -= n as u32;
+            }
+        }
+    }
+
+    /// A direct receive whose block this peer will not deliver after all (its target was
+    /// taken, or the peer closed): the request is settled as unanswered and its bytes count as
+    /// waste.
+    fn direct_dropped(&mut self, p: &mut PeerConn, dr: &DirectRx) {
+        self.unclaim(dr);
+        if let Some(i) = p.outstanding.iter().position(|o| o.block == dr.block) {
+            p.outstanding.swap_remove(i);
+            if let Some(d) = self.dl.as_mut() {
+                d.picker.request_dropped(dr.block);
+            }
+        }
+        self.wasted += u64::from(dr.len);
+        p.down.add(dr.len as usize);
     }
 
     fn fail(&mut self, e: String) {
@@ -1291,7 +1512,7 @@ impl Torrent {
         &mut self,
         from: SocketAddr,
         b: BlockRef,
-        data: &[u8],
+        data: Payload<'_>,
         bufs: &mut Buffers,
     ) -> Result<(), String> {
         let pi = self.partial_index(b.piece);
@@ -1316,9 +1537,16 @@ impl Torrent {
                 None => win.spilled = true,
             }
         }
-        match win.chunk {
-            Some(c) => bufs.pool.get_mut(c)[in_win..in_win + data.len()].copy_from_slice(data),
-            None => {
+        match (win.chunk, data) {
+            (Some(_), Payload::InChunk(_)) => {}
+            (Some(c), Payload::Bytes(data)) => {
+                bufs.pool.get_mut(c)[in_win..in_win + data.len()].copy_from_slice(data)
+            }
+            (None, Payload::InChunk(_)) => {
+                // `finish_direct` checked the chunk just before: cannot happen.
+                return Err("internal error: a directly received block lost its buffer".into());
+            }
+            (None, Payload::Bytes(data)) => {
                 // No chunk free: write the block now, from the aligned scratch buffer so the
                 // store can still use O_DIRECT (the rx buffer is not aligned).
                 let n = data.len();
@@ -1873,6 +2101,52 @@ mod tests {
         n
     }
 
+    /// Moves what `from` sent to `to` and lets `t` handle it the way the engine reads: the
+    /// payload of a direct receive into `payload_buf`, everything else through `rx`. Returns
+    /// the bytes that took the direct way.
+    fn deliver(
+        t: &mut Torrent,
+        from: &mut PeerConn,
+        to: &mut PeerConn,
+        now: Instant,
+        bufs: &mut Buffers,
+    ) -> usize {
+        let mut direct = 0;
+        for _ in 0..1000 {
+            if to.close.is_some() {
+                break;
+            }
+            if to.in_payload() {
+                let pending = from.tx_pending();
+                if pending.is_empty() {
+                    break;
+                }
+                let buf = t.payload_buf(to, bufs);
+                let n = buf.len().min(pending.len());
+                buf[..n].copy_from_slice(&pending[..n]);
+                from.tx_consumed(n);
+                t.payload_received(to, n, now, bufs);
+                direct += n;
+            } else {
+                // In pieces, as reads from a socket arrive, so messages straddle reads.
+                let n = from
+                    .tx_pending()
+                    .len()
+                    .min(to.rx.len() - to.rx_len)
+                    .min(7000);
+                let start = from.tx_pos;
+                to.rx[to.rx_len..to.rx_len + n].copy_from_slice(&from.tx[start..start + n]);
+                to.rx_len += n;
+                from.tx_consumed(n);
+                t.handle_rx(to, now, bufs);
+                if n == 0 && !to.in_payload() {
+                    break;
+                }
+            }
+        }
+        direct
+    }
+
     fn pair(seed: &mut Torrent, leech: &mut Torrent, fast: bool) -> (PeerConn, PeerConn) {
         let now = Instant::ZERO;
         let mut a = PeerConn::with_buffers(40 * 1024);
@@ -1895,7 +2169,7 @@ mod tests {
         chunks: usize,
         fast: bool,
         corrupt: bool,
-    ) -> (Torrent, u32) {
+    ) -> (Torrent, u32, usize) {
         let meta = meta_for(data, piece_length);
         let mut seed_data = data.to_vec();
         if corrupt {
@@ -1915,13 +2189,12 @@ mod tests {
         let mut lbufs = Buffers::new(chunks);
         let mut now = Instant::ZERO;
         let mut turns = 0;
+        let mut direct = 0;
         while !leech.is_complete() && turns < 20_000 && a.close.is_none() && b.close.is_none() {
             turns += 1;
             now = now + Duration::from_millis(1);
-            pipe(&mut a, &mut b);
-            leech.handle_rx(&mut b, now, &mut lbufs);
-            pipe(&mut b, &mut a);
-            seed.handle_rx(&mut a, now, &mut sbufs);
+            direct += deliver(&mut leech, &mut a, &mut b, now, &mut lbufs);
+            deliver(&mut seed, &mut b, &mut a, now, &mut sbufs);
             seed.broadcast(std::iter::once(&mut a));
             leech.broadcast(std::iter::once(&mut b));
             seed.fill_tx(&mut a, &mut sbufs);
@@ -1944,7 +2217,7 @@ mod tests {
                 break;
             }
         }
-        (leech, turns)
+        (leech, turns, direct)
     }
 
     fn test_data(len: usize) -> Vec<u8> {
@@ -1962,8 +2235,13 @@ mod tests {
     #[test]
     fn swarm_in_memory_completes_with_verified_bytes() {
         let data = test_data(1_000_003);
-        let (mut leech, turns) = run_swarm(&data, 32768, 4, true, false);
+        let (mut leech, turns, direct) = run_swarm(&data, 32768, 4, true, false);
         assert!(leech.is_complete(), "incomplete after {turns} turns");
+        // Messages straddle the 40 KiB receive buffer: those payloads go straight to chunks.
+        assert!(
+            direct > data.len() / 10,
+            "only {direct} bytes received directly"
+        );
         assert_eq!(leech.state, State::Seeding);
         assert_same(&mut leech, &data);
         let mut verified = 0;
@@ -1982,7 +2260,7 @@ mod tests {
     #[test]
     fn downloading_completes_drops_download_state() {
         let data = test_data(300_000);
-        let (mut leech, _) = run_swarm(&data, 16384, 4, true, false);
+        let (mut leech, _, _) = run_swarm(&data, 16384, 4, true, false);
         assert!(leech.is_complete());
         assert!(!leech.has_download_state(), "a seed keeps no picker");
         assert!(leech.poll_event().is_some(), "events wait for the engine");
@@ -2062,11 +2340,9 @@ mod tests {
                 break;
             }
             now = now + Duration::from_millis(1);
-            pipe(&mut a, &mut b);
-            leech.handle_rx(&mut b, now, lbufs);
+            deliver(leech, &mut a, &mut b, now, lbufs);
             lbufs.pool.poll(false);
-            pipe(&mut b, &mut a);
-            seed.handle_rx(&mut a, now, sbufs);
+            deliver(seed, &mut b, &mut a, now, sbufs);
             seed.broadcast(std::iter::once(&mut a));
             leech.broadcast(std::iter::once(&mut b));
             seed.fill_tx(&mut a, sbufs);
@@ -2143,15 +2419,121 @@ mod tests {
         // Pieces of 1 MiB span four windows; one chunk forces most windows to spill and be
         // hashed by reading back from the store.
         let data = test_data(3 * 1024 * 1024 + 12345);
-        let (mut leech, _) = run_swarm(&data, 1 << 20, 1, false, false);
+        let (mut leech, _, _) = run_swarm(&data, 1 << 20, 1, false, false);
         assert!(leech.is_complete());
+        assert_same(&mut leech, &data);
+    }
+
+    /// A leecher of 64 KiB (two pieces of two blocks) with two established peers, each fed
+    /// by a remote end that has everything and unchoked us; every block is requested from
+    /// the first, and (endgame) again from the second.
+    fn direct_setup() -> (Vec<u8>, Torrent, Buffers, [(PeerConn, PeerConn); 2]) {
+        let data = test_data(4 * 16384);
+        let meta = meta_for(&data, 32768);
+        let mut leech = peer_torrent(&meta, false, Box::new(MemStore::new(data.len())), 4, 2);
+        let mut bufs = Buffers::new(4);
+        let now = Instant::ZERO;
+        let mut links = [1u8, 3].map(|n| {
+            let mut remote = PeerConn::with_buffers(64 * 1024);
+            remote.reset(addr(n + 10), false, now);
+            let mut p = PeerConn::with_buffers(20 * 1024);
+            p.reset(addr(n), true, now);
+            p.fast = true;
+            leech.on_established(&mut p, now);
+            (remote, p)
+        });
+        for (remote, p) in &mut links {
+            remote.push(&Message::HaveAll);
+            remote.push(&Message::Unchoke);
+            deliver(&mut leech, remote, p, now, &mut bufs);
+            leech.fill_tx(p, &mut bufs);
+        }
+        assert_eq!(links[0].1.outstanding.len(), 4);
+        assert_eq!(links[1].1.outstanding.len(), 4, "endgame: asked again");
+        (data, leech, bufs, links)
+    }
+
+    #[test]
+    fn direct_block_delivered_first_by_another_peer_drops_the_rest() {
+        let (data, mut leech, mut bufs, mut links) = direct_setup();
+        let now = Instant::ZERO;
+        let [(r1, p1), (r2, p2)] = &mut links;
+        // Peer 1 starts block 0: the header and 1000 bytes go to the chunk.
+        r1.push_bytes(&wire::piece_header(0, 0, 16384));
+        r1.push_bytes(&data[..1000]);
+        deliver(&mut leech, r1, p1, now, &mut bufs);
+        let dr = p1.direct.expect("payload received directly");
+        assert_eq!((dr.done, dr.len), (1000, 16384));
+        // Peer 2 delivers the whole block meanwhile, through its receive buffer.
+        r2.push(&Message::Piece {
+            index: 0,
+            begin: 0,
+            data: &data[..16384],
+        });
+        deliver(&mut leech, r2, p2, now, &mut bufs);
+        assert!(p2.direct.is_none(), "the block was claimed by peer 1");
+        // Peer 1's late bytes are wrong: they must be dropped, not written.
+        r1.push_bytes(&[0xAA; 16384 - 1000]);
+        let direct = deliver(&mut leech, r1, p1, now, &mut bufs);
+        assert_eq!(direct, 16384 - 1000);
+        assert!(!p1.in_payload());
+        assert!(!p1
+            .outstanding
+            .iter()
+            .any(|o| o.block.piece == 0 && o.block.block == 0));
+        assert!(leech.wasted >= 16384);
+        // Peer 2 sends the rest; every piece verifies.
+        for (i, b) in [(0u32, 1u32), (1, 0), (1, 1)] {
+            let off = (i * 32768 + b * 16384) as usize;
+            r2.push(&Message::Piece {
+                index: i,
+                begin: b * 16384,
+                data: &data[off..off + 16384],
+            });
+            deliver(&mut leech, r2, p2, now, &mut bufs);
+        }
+        assert!(leech.is_complete());
+        assert_eq!(leech.hash_fails, 0);
+        assert_same(&mut leech, &data);
+    }
+
+    #[test]
+    fn direct_receive_peer_closes_midway_frees_the_block() {
+        let (data, mut leech, mut bufs, mut links) = direct_setup();
+        let now = Instant::ZERO;
+        let [(r1, p1), (r2, p2)] = &mut links;
+        r1.push_bytes(&wire::piece_header(1, 16384, 16384));
+        r1.push_bytes(&[0x55; 5000]);
+        deliver(&mut leech, r1, p1, now, &mut bufs);
+        assert!(p1.direct.is_some());
+        leech.on_closed(p1, now);
+        assert!(!p1.in_payload());
+        // Peer 2 can now receive the same block directly (the claim was given up).
+        let off = 32768 + 16384;
+        r2.push_bytes(&wire::piece_header(1, 16384, 16384));
+        r2.push_bytes(&data[off..off + 3000]);
+        deliver(&mut leech, r2, p2, now, &mut bufs);
+        assert!(p2.direct.is_some(), "claim released by the closed peer");
+        r2.push_bytes(&data[off + 3000..off + 16384]);
+        deliver(&mut leech, r2, p2, now, &mut bufs);
+        for (i, b) in [(0u32, 0u32), (0, 1), (1, 0)] {
+            let off = (i * 32768 + b * 16384) as usize;
+            r2.push(&Message::Piece {
+                index: i,
+                begin: b * 16384,
+                data: &data[off..off + 16384],
+            });
+            deliver(&mut leech, r2, p2, now, &mut bufs);
+        }
+        assert!(leech.is_complete());
+        assert_eq!(leech.hash_fails, 0);
         assert_same(&mut leech, &data);
     }
 
     #[test]
     fn swarm_rejects_a_corrupt_piece() {
         let data = test_data(200_000);
-        let (leech, _) = run_swarm(&data, 16384, 2, true, true);
+        let (leech, _, _) = run_swarm(&data, 16384, 2, true, true);
         assert!(leech.hash_fails >= 1);
         assert!(!leech.have.get(1), "corrupt piece must not count as had");
         assert!(leech.wasted >= 16384);
@@ -2243,10 +2625,8 @@ mod tests {
         now: Instant,
     ) {
         let mut bufs = Buffers::new(1);
-        pipe(pa, pb);
-        b.handle_rx(pb, now, &mut bufs);
-        pipe(pb, pa);
-        a.handle_rx(pa, now, &mut bufs);
+        deliver(b, pa, pb, now, &mut bufs);
+        deliver(a, pb, pa, now, &mut bufs);
     }
 
     /// Extended messages queued in `p.tx`, as (id, payload).

@@ -998,7 +998,56 @@ impl Engine {
                 return;
             };
             let mut would_block = false;
-            if p.rx_len < p.rx.len() {
+            if p.in_payload() {
+                // A piece payload goes straight to its chunk; then at most one piece header
+                // into `rx`, so the next payload can start there without a copy too.
+                let Some(e) = p.torrent.and_then(|ti| self.torrents.get_mut(ti)) else {
+                    p.close(CloseReason::Protocol(
+                        "piece payload without a torrent".into(),
+                    ));
+                    return;
+                };
+                let buf = e.t.payload_buf(p, &mut self.bufs);
+                let peek = (p.rx.len() - p.rx_len).min(wire::PIECE_HEADER_LEN);
+                let want = (buf.len() + peek) as u64;
+                let mut spare = TokenBucket::unlimited();
+                let b = e.bucket(false, &mut spare);
+                let granted = self.down.grant(now, b, want);
+                if granted == 0 {
+                    if let Some(w) = self
+                        .down
+                        .next_available_at(now, b, want.min(b.burst().max(1)))
+                    {
+                        self.wake_at = Some(self.wake_at.map_or(w, |x| x.min(w)));
+                    }
+                    self.throttled.push(h);
+                    return;
+                }
+                let to_buf = buf.len().min(granted as usize);
+                let to_rx = granted as usize - to_buf;
+                let start = p.rx_len;
+                let mut iov = [
+                    io::IoSliceMut::new(&mut buf[..to_buf]),
+                    io::IoSliceMut::new(&mut p.rx[start..start + to_rx]),
+                ];
+                let mut got = 0;
+                match s.read_vectored(&mut iov) {
+                    Ok(0) => p.close(CloseReason::PeerClosed),
+                    Ok(n) => got = n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => would_block = true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => p.close(CloseReason::Io(format!("read: {e}"))),
+                }
+                if (got as u64) < granted {
+                    self.down
+                        .refund(e.bucket(false, &mut spare), granted - got as u64);
+                }
+                let in_buf = got.min(to_buf);
+                e.t.payload_received(p, in_buf, now, &mut self.bufs);
+                p.decrypt_received(start, got - in_buf);
+                p.rx_len += got - in_buf;
+                budget = budget.saturating_sub(got);
+            } else if p.rx_len < p.rx.len() {
                 // Download limit: read only what the buckets grant (handshakes are free).
                 let free = (p.rx.len() - p.rx_len) as u64;
                 let entry = match p.phase {
