@@ -143,6 +143,12 @@ pub fn decode_prefix(buf: &[u8]) -> Result<(Value<'_>, usize), Error> {
 
 /// The raw bytes of `key`'s value in the top-level dictionary `buf` (which must decode).
 pub fn raw_dict_value<'a>(buf: &'a [u8], key: &[u8]) -> Result<Option<&'a [u8]>, Error> {
+    Ok(raw_dict_range(buf, key)?.map(|r| &buf[r]))
+}
+
+/// Where `key`'s raw value lies in the top-level dictionary `buf` (which must decode); the
+/// first match, as `Value::get` finds. Lets a caller keep one copy of `buf` and index into it.
+pub fn raw_dict_range(buf: &[u8], key: &[u8]) -> Result<Option<std::ops::Range<usize>>, Error> {
     let mut d = Decoder {
         buf,
         pos: 0,
@@ -162,7 +168,7 @@ pub fn raw_dict_value<'a>(buf: &'a [u8], key: &[u8]) -> Result<Option<&'a [u8]>,
         let start = d.pos;
         d.skip(1)?;
         if k == key && found.is_none() {
-            found = Some(&buf[start..d.pos]);
+            found = Some(start..d.pos);
         }
     }
     if d.pos != buf.len() {
@@ -478,6 +484,19 @@ mod tests {
         assert_eq!(raw_dict_value(doc, b"nope").unwrap(), None);
         assert!(raw_dict_value(b"d4:infod", b"info").is_err());
         assert!(raw_dict_value(b"le", b"info").is_err());
+    }
+
+    #[test]
+    fn raw_dict_range_points_at_the_value_get_finds() {
+        let doc = b"d1:a3:xyz6:pieces4:ABCD1:zi1ee";
+        let r = raw_dict_range(doc, b"pieces").unwrap().unwrap();
+        assert_eq!(&doc[r.clone()], b"4:ABCD");
+        // A string's bytes end its raw encoding: what a caller slices in place.
+        let v = decode(doc).unwrap();
+        let got = v.get(b"pieces").and_then(Value::as_bytes).unwrap();
+        assert_eq!(&doc[r.end - got.len()..r.end], got);
+        assert_eq!(raw_dict_range(doc, b"nope").unwrap(), None);
+        assert!(raw_dict_range(b"d6:pieces", b"pieces").is_err());
     }
 
     #[test]

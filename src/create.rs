@@ -496,7 +496,10 @@ mod tests {
         for chunk in all.chunks(m.piece_length as usize) {
             expect.extend_from_slice(&sha1(chunk));
         }
-        assert_eq!(m.pieces, expect);
+        let got: Vec<u8> = (0..m.piece_count())
+            .flat_map(|i| *m.piece_hash(i).unwrap())
+            .collect();
+        assert_eq!(got, expect);
         let offs: Vec<u64> = m.files.iter().map(|f| f.offset).collect();
         assert_eq!(offs, vec![0, 5000, 5017, 45017]);
     }

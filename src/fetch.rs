@@ -478,11 +478,14 @@ mod tests {
         out
     }
 
-    /// A seeding torrent built from `info` that serves `served` as its metadata.
-    fn seeder(info: &[u8], served: Vec<u8>) -> Torrent {
-        let meta = crate::metainfo::parse_info(info, vec![]).unwrap().meta;
+    /// A seeding torrent of `info`'s data that serves `served` (a dictionary of the same
+    /// geometry, perhaps tampered) as its metadata.
+    fn seeder(info: &[u8], served: &[u8]) -> Torrent {
+        let mut meta = crate::metainfo::parse_info(served, vec![]).unwrap().meta;
+        // A tampered copy hashes differently; the seeder still claims the real torrent.
+        meta.info_hash = sha1(info);
         let n = meta.piece_count();
-        let mut t = Torrent::new(
+        let t = Torrent::new(
             meta,
             Bitfield::full(n),
             Box::new(MemStore::from_bytes(data())),
@@ -496,7 +499,7 @@ mod tests {
             Rng::new(1),
         )
         .unwrap();
-        t.info = Some(served);
+        assert_eq!(t.meta.info_dict(), Some(served));
         t
     }
 
@@ -582,7 +585,7 @@ mod tests {
         assert!(info.len() > 2 * ext::METADATA_PIECE_LEN);
         let hash = sha1(&info);
         let mut fetch = Fetch::new(hash, Some("m".into()), [2; 20], 6882);
-        let mut links = vec![link(&mut fetch, seeder(&info, info.clone()), 1)];
+        let mut links = vec![link(&mut fetch, seeder(&info, &info), 1)];
         let got = run(&mut fetch, &mut links).expect("done").unwrap();
         assert_eq!(got, info);
         assert!(fetch.is_finished());
@@ -599,7 +602,7 @@ mod tests {
         let mut bad = info.clone();
         bad[info.len() - 100] ^= 0x55;
         let mut fetch = Fetch::new(sha1(&info), None, [2; 20], 6882);
-        let mut links = vec![link(&mut fetch, seeder(&info, bad), 1)];
+        let mut links = vec![link(&mut fetch, seeder(&info, &bad), 1)];
         assert_eq!(run(&mut fetch, &mut links), None);
         assert_eq!(links[0].f.close, Some(CloseReason::BadPiece));
         assert_eq!(fetch.poll_banned(), Some(addr(1)));
@@ -607,7 +610,7 @@ mod tests {
         assert_eq!(fetch.progress().0, 0, "the round restarted");
         // The banned peer is not dialled again; an honest one finishes the job.
         assert_eq!(fetch.next_candidate(Instant::from_secs(3600)), None);
-        links.push(link(&mut fetch, seeder(&info, info.clone()), 2));
+        links.push(link(&mut fetch, seeder(&info, &info), 2));
         let got = run(&mut fetch, &mut links[1..]).expect("done").unwrap();
         assert_eq!(got, info);
     }

@@ -214,12 +214,8 @@ fn client(cmd: &Command, config: &Config, json: bool) -> ExitCode {
     }
 }
 
+/// The metainfo, which keeps the raw info dictionary (served to peers fetching metadata).
 fn load_torrent(path: &Path) -> Result<Metainfo, String> {
-    load_torrent_with_info(path).map(|(m, _)| m)
-}
-
-/// The metainfo and the raw info dictionary (served to peers fetching metadata).
-fn load_torrent_with_info(path: &Path) -> Result<(Metainfo, Option<Vec<u8>>), String> {
     use std::io::Read;
     let f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut buf = Vec::new();
@@ -237,11 +233,7 @@ fn load_torrent_with_info(path: &Path) -> Result<(Metainfo, Option<Vec<u8>>), St
     for w in &parsed.warnings {
         log::warn!("torrent {}: {}", path.display(), w);
     }
-    let info = atorrent::bencode::raw_dict_value(&buf, b"info")
-        .ok()
-        .flatten()
-        .map(<[u8]>::to_vec);
-    Ok((parsed.meta, info))
+    Ok(parsed.meta)
 }
 
 fn info(path: &Path, json: bool) -> Result<ExitCode, String> {
@@ -340,8 +332,8 @@ fn resolve_peer(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, String> {
-    let (meta, info) = match &a.source {
-        Source::File(p) => load_torrent_with_info(p)?,
+    let meta = match &a.source {
+        Source::File(p) => load_torrent(p)?,
         Source::Magnet(uri) => return download_magnet(a, config, quiet, uri),
     };
     let peers: Vec<SocketAddr> = a
@@ -398,7 +390,7 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
         listen_port: engine.listen_port(),
     };
 
-    let mut torrent = Torrent::new(
+    let torrent = Torrent::new(
         meta,
         have,
         Box::new(storage),
@@ -407,7 +399,6 @@ fn download(a: &DownloadArgs, config: &Config, quiet: bool) -> Result<ExitCode, 
         settings,
         Rng::new(u64::from_le_bytes(seed)),
     )?;
-    torrent.info = info;
     let ti = engine.add_torrent(torrent);
     for p in peers {
         engine.add_peer(ti, p);

@@ -69,8 +69,8 @@ pub struct Metainfo {
     /// Display name (sanitised), the top-level file or directory name.
     pub name: String,
     pub piece_length: u32,
-    /// Concatenated 20-byte SHA-1 piece hashes: `piece_count() * 20` bytes.
-    pub pieces: Vec<u8>,
+    /// The info dictionary as received, which holds the piece hashes.
+    pub info: InfoDict,
     pub files: Vec<FileEntry>,
     pub total_length: u64,
     /// BEP 27.
@@ -81,14 +81,72 @@ pub struct Metainfo {
     pub multi_file: bool,
 }
 
-impl Metainfo {
+/// The bencoded info dictionary exactly as it was hashed, and where its piece hashes lie.
+///
+/// One copy serves three needs: verifying pieces (the hashes are read in place), BEP 9
+/// metadata for peers, and the .torrent saved for a fetched magnet. Keeping the hashes apart
+/// from the dictionary would cost a second 20 bytes a piece (issue 8: a loaded torrent's
+/// metadata must stay within 24 bytes a piece). It is never re-encoded from parsed fields:
+/// unknown keys would be lost and the info-hash would change.
+#[derive(Clone, Debug)]
+pub struct InfoDict {
+    /// The dictionary, or bare piece hashes when no dictionary is known (`is_dict` false).
+    bytes: Box<[u8]>,
+    /// Byte offset of the first piece hash in `bytes`.
+    hashes_at: usize,
+    pieces: u32,
+    is_dict: bool,
+}
+
+impl InfoDict {
+    /// Concatenated 20-byte piece hashes without a dictionary around them (a magnet's
+    /// placeholder, tests): pieces verify, but there is no metadata to serve.
+    pub fn bare_hashes(hashes: Vec<u8>) -> InfoDict {
+        let pieces = u32::try_from(hashes.len() / 20).unwrap_or(u32::MAX);
+        InfoDict {
+            bytes: hashes.into_boxed_slice(),
+            hashes_at: 0,
+            pieces,
+            is_dict: false,
+        }
+    }
+
+    /// The bencoded dictionary, if known (what BEP 9 serves and the info-hash covers).
+    pub fn bytes(&self) -> Option<&[u8]> {
+        self.is_dict.then_some(&*self.bytes)
+    }
+
     pub fn piece_count(&self) -> u32 {
-        (self.pieces.len() / 20) as u32
+        self.pieces
     }
 
     pub fn piece_hash(&self, index: u32) -> Option<&[u8; 20]> {
-        let i = index as usize * 20;
-        self.pieces.get(i..i + 20).and_then(|s| s.try_into().ok())
+        if index >= self.pieces {
+            return None;
+        }
+        let i = self.hashes_at + index as usize * 20;
+        self.bytes.get(i..i + 20).and_then(|s| s.try_into().ok())
+    }
+
+    /// Heap bytes held.
+    pub fn heap_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+impl Metainfo {
+    pub fn piece_count(&self) -> u32 {
+        self.info.piece_count()
+    }
+
+    pub fn piece_hash(&self, index: u32) -> Option<&[u8; 20]> {
+        self.info.piece_hash(index)
+    }
+
+    /// The raw info dictionary, served to peers fetching metadata (BEP 9); `None` for a
+    /// magnet whose metadata has not arrived.
+    pub fn info_dict(&self) -> Option<&[u8]> {
+        self.info.bytes()
     }
 
     /// Length of piece `index` (the last one may be short); 0 if out of range.
@@ -219,7 +277,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, MetainfoError> {
     let raw = bencode::raw_dict_value(buf, b"info")?.ok_or(MetainfoError::MissingInfo)?;
     let mut w = Warnings::default();
     let trackers = trackers_from_top(&top, &mut w);
-    let meta = from_info(info, hash::sha1(raw), trackers, &mut w)?;
+    let meta = from_info(info, raw, trackers, &mut w)?;
     let notes = Notes {
         comment: text_field(&top, b"comment"),
         created_by: text_field(&top, b"created by"),
@@ -241,7 +299,7 @@ pub fn parse_info(info: &[u8], trackers: Vec<Vec<String>>) -> Result<Parsed, Met
     }
     let mut w = Warnings::default();
     let trackers = clean_trackers(trackers, &mut w);
-    let meta = from_info(&v, hash::sha1(info), trackers, &mut w)?;
+    let meta = from_info(&v, info, trackers, &mut w)?;
     Ok(Parsed {
         meta,
         warnings: w.list,
@@ -332,13 +390,15 @@ fn clean_trackers(tiers: Vec<Vec<String>>, w: &mut Warnings) -> Vec<Vec<String>>
     out
 }
 
+/// `info` is the decoded dictionary and `raw` its bytes; the `Metainfo` keeps a copy of `raw`.
 fn from_info(
     info: &Value<'_>,
-    info_hash: Digest,
+    raw: &[u8],
     trackers: Vec<Vec<String>>,
     w: &mut Warnings,
 ) -> Result<Metainfo, MetainfoError> {
     use MetainfoError as E;
+    let info_hash = hash::sha1(raw);
     let pieces = info.get(b"pieces");
     if pieces.is_none()
         && (info.get(b"meta version").and_then(Value::as_int) == Some(2)
@@ -364,6 +424,12 @@ fn from_info(
     if count > u32::MAX as usize {
         return Err(E::TooManyPieces(count));
     }
+    // The hashes are read in place from the kept dictionary: a string's bytes end its raw
+    // encoding. Both lookups take the first `pieces` key, so they agree; checked regardless.
+    let hashes_at = bencode::raw_dict_range(raw, b"pieces")?
+        .and_then(|r| r.end.checked_sub(pieces.len()))
+        .filter(|&at| raw.get(at..at + pieces.len()) == Some(pieces))
+        .ok_or(E::MissingPieces)?;
     let private = info.get(b"private").and_then(Value::as_int) == Some(1);
 
     let name = match utf8_field(info, b"name") {
@@ -415,7 +481,12 @@ fn from_info(
         info_hash,
         name,
         piece_length: piece_length as u32,
-        pieces: pieces.to_vec(),
+        info: InfoDict {
+            bytes: raw.into(),
+            hashes_at,
+            pieces: count as u32,
+            is_dict: true,
+        },
         files,
         total_length,
         private,
@@ -1332,5 +1403,56 @@ mod tests {
         }
         // The sweep must also exercise the success path, not only early rejections.
         assert!(accepted > 100, "{accepted}");
+    }
+
+    /// An info dictionary of three distinct piece hashes, with unknown keys on both sides of
+    /// `pieces`. Returns it and the hashes.
+    fn info_with_distinct_hashes() -> (Vec<u8>, Vec<[u8; 20]>) {
+        let hashes: Vec<[u8; 20]> = (1..=3u8).map(|i| [i; 20]).collect();
+        let mut o = b"d".to_vec();
+        crate::bencode::put_kv_int(&mut o, "length", 40_000);
+        crate::bencode::put_kv_bytes(&mut o, "name", b"f");
+        crate::bencode::put_kv_int(&mut o, "piece length", 16384);
+        crate::bencode::put_kv_bytes(&mut o, "pieces", &hashes.concat());
+        crate::bencode::put_kv_bytes(&mut o, "x-unknown", &[9; 20]);
+        o.push(b'e');
+        (o, hashes)
+    }
+
+    fn assert_hashes_in_place(m: &Metainfo, info: &[u8], hashes: &[[u8; 20]]) {
+        // The dictionary is kept byte for byte (unknown keys and all), once.
+        assert_eq!(m.info_dict(), Some(info));
+        assert_eq!(m.info.heap_len(), info.len());
+        assert_eq!(m.info_hash, hash::sha1(info));
+        assert_eq!(m.piece_count(), 3);
+        for (i, h) in hashes.iter().enumerate() {
+            assert_eq!(m.piece_hash(i as u32), Some(h));
+        }
+        assert_eq!(m.piece_hash(3), None);
+        assert_eq!(m.piece_hash(u32::MAX), None);
+    }
+
+    #[test]
+    fn torrent_file_parsed_keeps_info_dict_and_reads_hashes_from_it() {
+        let (info, hashes) = info_with_distinct_hashes();
+        let t = torrent(b"8:announce9:http://t/7:comment3:abc", &info);
+        let m = parse(&t).unwrap().meta;
+        assert_hashes_in_place(&m, &info, &hashes);
+    }
+
+    #[test]
+    fn fetched_info_parsed_keeps_it_and_reads_hashes_from_it() {
+        let (info, hashes) = info_with_distinct_hashes();
+        let m = parse_info(&info, vec![]).unwrap().meta;
+        assert_hashes_in_place(&m, &info, &hashes);
+    }
+
+    #[test]
+    fn bare_hashes_built_verify_but_have_no_dict_to_serve() {
+        let d = InfoDict::bare_hashes([[5u8; 20], [6; 20]].concat());
+        assert_eq!(d.bytes(), None);
+        assert_eq!(d.piece_count(), 2);
+        assert_eq!(d.piece_hash(1), Some(&[6; 20]));
+        assert_eq!(d.piece_hash(2), None);
     }
 }

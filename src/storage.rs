@@ -1111,7 +1111,7 @@ mod tests {
             info_hash: [0; 20],
             name: "t".to_string(),
             piece_length,
-            pieces,
+            info: crate::metainfo::InfoDict::bare_hashes(pieces),
             files: entries,
             total_length: offset,
             private: false,

@@ -433,9 +433,6 @@ pub struct Torrent {
     pub state: State,
     pub peer_id: [u8; 20],
     pub candidates: Candidates,
-    /// The raw bencoded info dictionary, served to peers over ut_metadata (BEP 9). Set by the
-    /// engine from the .torrent file or a finished magnet fetch; `None` rejects requests.
-    pub info: Option<Vec<u8>>,
     /// BEP 53 file selection: the pieces wanted, and how many of them are still missing.
     pub wanted: Option<Bitfield>,
     wanted_missing: u32,
@@ -494,7 +491,6 @@ impl Torrent {
             state,
             peer_id,
             candidates: Candidates::new(),
-            info: None,
             wanted: None,
             wanted_missing: 0,
             downloaded: 0,
@@ -829,7 +825,10 @@ impl Torrent {
             }
         }
         if p.extended {
-            let size = self.info.as_ref().and_then(|i| u32::try_from(i.len()).ok());
+            let size = self
+                .meta
+                .info_dict()
+                .and_then(|i| u32::try_from(i.len()).ok());
             let payload = our_ext_handshake(size, !self.meta.private, self.settings.listen_port);
             p.push(&Message::Extended {
                 id: wire::EXTENDED_HANDSHAKE_ID,
@@ -1153,7 +1152,7 @@ impl Torrent {
             // It never told us an id to answer with (BEP 10): nothing we can send.
             return;
         };
-        let data = self.info.as_deref().and_then(|info| {
+        let data = self.meta.info_dict().and_then(|info| {
             let budget = ext::metadata_piece_count(info.len() as u32)
                 .saturating_mul(2)
                 .saturating_add(METADATA_SERVE_SLACK);
@@ -2023,7 +2022,7 @@ fn slot_key(p: &PeerConn) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metainfo::FileEntry;
+    use crate::metainfo::{FileEntry, InfoDict};
     use crate::storage::MemStore;
     use crate::wire;
 
@@ -2036,7 +2035,7 @@ mod tests {
             info_hash: [7; 20],
             name: "sim".into(),
             piece_length,
-            pieces,
+            info: InfoDict::bare_hashes(pieces),
             files: vec![FileEntry {
                 path: vec!["sim".into()],
                 length: data.len() as u64,
@@ -2048,6 +2047,26 @@ mod tests {
             trackers: vec![],
             multi_file: false,
         }
+    }
+
+    /// `meta_for(data, 16384)` parsed from a real info dictionary (so it has one to serve over
+    /// BEP 9), grown past `min_len` bytes by an unknown key. Returns it with the dictionary.
+    fn meta_with_dict(data: &[u8], min_len: usize) -> (Metainfo, Vec<u8>) {
+        let plain = meta_for(data, 16384);
+        let hashes: Vec<u8> = (0..plain.piece_count())
+            .flat_map(|i| *plain.piece_hash(i).unwrap())
+            .collect();
+        let mut info = b"d".to_vec();
+        crate::bencode::put_kv_int(&mut info, "length", data.len() as i64);
+        crate::bencode::put_kv_bytes(&mut info, "name", b"sim");
+        crate::bencode::put_kv_int(&mut info, "piece length", 16384);
+        crate::bencode::put_kv_bytes(&mut info, "pieces", &hashes);
+        let filler: Vec<u8> = (0..min_len as u32).map(|i| i as u8).collect();
+        crate::bencode::put_kv_bytes(&mut info, "x-padding", &filler);
+        info.push(b'e');
+        let meta = crate::metainfo::parse_info(&info, vec![]).unwrap().meta;
+        assert_eq!(meta.info_dict(), Some(&info[..]));
+        (meta, info)
     }
 
     /// A seed (`full`) or an empty leecher of `meta` over `store`, with peer id and rng seed
@@ -2655,7 +2674,8 @@ mod tests {
     fn established_sends_ext_handshake_with_metadata_size_and_pex() {
         let data = test_data(50_000);
         let mut a = torrent(&data, false, true, 6881, 1);
-        a.info = Some(vec![b'x'; 20_000]);
+        let (meta, info) = meta_with_dict(&data, 20_000);
+        a.meta = meta;
         let mut p = PeerConn::with_buffers(8192);
         p.reset(addr(9), false, Instant::ZERO);
         p.extended = true;
@@ -2663,7 +2683,7 @@ mod tests {
         let h = handshake_of(&p);
         assert_eq!(h.id_of(ext::UT_METADATA), Some(ext::OUR_UT_METADATA_ID));
         assert_eq!(h.id_of(ext::UT_PEX), Some(ext::OUR_UT_PEX_ID));
-        assert_eq!(h.metadata_size, Some(20_000));
+        assert_eq!(h.metadata_size, Some(info.len() as u32));
         assert_eq!(h.p, Some(6881));
         assert_eq!(h.reqq, Some(MAX_INCOMING_REQUESTS as u32));
         assert!(h.v.unwrap().starts_with("atorrent/"));
@@ -2776,7 +2796,8 @@ mod tests {
     #[test]
     fn metadata_requests_served_rejected_and_bounded() {
         let data = test_data(50_000);
-        let info: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        let (meta, info) = meta_with_dict(&data, 40_000);
+        assert!(info.len() < 3 * ext::METADATA_PIECE_LEN);
         let mut a = torrent(&data, false, true, 6881, 1);
         let mut p = PeerConn::with_buffers(128 * 1024);
         p.reset(addr(2), false, Instant::ZERO);
@@ -2823,7 +2844,7 @@ mod tests {
         assert!(got.iter().all(|(_, d)| d.is_none()) && got.len() == 4);
         // With it: pieces 0 and 1 answered, then the send-buffer bound rejects piece 2; piece 3
         // does not exist.
-        a.info = Some(info.clone());
+        a.meta = meta;
         let got = feed(&mut a, &mut p);
         assert!(got[0] == (0, Some(info[..16384].to_vec())));
         assert!(got[1] == (1, Some(info[16384..32768].to_vec())));
@@ -2837,7 +2858,7 @@ mod tests {
     fn many_piece_leech(pieces: u32, buf: usize) -> (Torrent, PeerConn) {
         let len = pieces as usize * 1024;
         let meta = Metainfo {
-            pieces: vec![0; 20 * pieces as usize],
+            info: InfoDict::bare_hashes(vec![0; 20 * pieces as usize]),
             ..meta_for(&[], 1024)
         };
         let meta = Metainfo {

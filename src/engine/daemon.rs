@@ -88,7 +88,7 @@ pub(super) struct DaemonState {
 
 /// A torrent found in the state directory at start-up.
 enum Saved {
-    Torrent((metainfo::Metainfo, Option<Vec<u8>>)),
+    Torrent(metainfo::Metainfo),
     Magnet(crate::magnet::Magnet),
 }
 
@@ -218,11 +218,11 @@ impl Engine {
         entries.sort_by_key(|(_, r, _)| r.as_ref().map_or(u32::MAX, |r| r.id));
         for (saved, resume, path) in entries {
             let r = match saved {
-                Saved::Torrent((meta, info)) => {
+                Saved::Torrent(meta) => {
                     let resume = resume.filter(|r| {
                         r.info_hash == meta.info_hash && r.pieces == meta.piece_count()
                     });
-                    self.add_meta((meta, info), None, false, resume)
+                    self.add_meta(meta, None, false, resume)
                 }
                 Saved::Magnet(m) => {
                     let resume = resume.filter(|r| r.info_hash == m.info_hash);
@@ -238,7 +238,7 @@ impl Engine {
     /// Adds a torrent (from `start`, the watch directory or the state directory).
     fn add_meta(
         &mut self,
-        (meta, info): (metainfo::Metainfo, Option<Vec<u8>>),
+        meta: metainfo::Metainfo,
         dir: Option<PathBuf>,
         paused: bool,
         resume: Option<Resume>,
@@ -294,7 +294,6 @@ impl Engine {
         )?;
         let i = self.push_entry(t, id, dir);
         let e = &mut self.torrents[i];
-        e.t.info = info;
         if let Some(r) = &resume {
             e.added_at = r.added_at;
             e.completed_at = r.completed_at;
@@ -410,7 +409,7 @@ impl Engine {
             return;
         };
         let e = &self.torrents[i];
-        let Some(info) = e.t.info.as_ref() else {
+        let Some(info) = e.t.meta.info_dict() else {
             return;
         };
         let bytes = torrent_file_bytes(info, &e.t.meta.trackers);
@@ -597,7 +596,6 @@ impl Engine {
         )?;
         let now = self.now();
         let e = &mut self.torrents[i];
-        t.info = e.t.info.take();
         t.candidates = std::mem::replace(&mut e.t.candidates, crate::peer::Candidates::new());
         t.candidates.reset_connections(now);
         if let Some(sel) = e.select() {
@@ -1313,23 +1311,19 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
-/// A torrent file's metainfo and the raw bytes of its info dictionary (served to peers that
-/// fetch metadata, BEP 9).
-fn read_torrent(path: &Path) -> Result<(metainfo::Metainfo, Option<Vec<u8>>), String> {
+/// A torrent file's metainfo (which keeps the raw info dictionary, served to peers that fetch
+/// metadata, BEP 9).
+fn read_torrent(path: &Path) -> Result<metainfo::Metainfo, String> {
     let bytes = read_limited(path)?;
     parse_torrent_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn parse_torrent_bytes(bytes: &[u8]) -> Result<(metainfo::Metainfo, Option<Vec<u8>>), String> {
+fn parse_torrent_bytes(bytes: &[u8]) -> Result<metainfo::Metainfo, String> {
     let parsed = metainfo::parse(bytes).map_err(|e| e.to_string())?;
     for w in &parsed.warnings {
         warn!("torrent {}: {}", parsed.meta.name, w);
     }
-    let info = crate::bencode::raw_dict_value(bytes, b"info")
-        .ok()
-        .flatten()
-        .map(<[u8]>::to_vec);
-    Ok((parsed.meta, info))
+    Ok(parsed.meta)
 }
 
 /// A .torrent for a magnet whose metadata was fetched: the info dictionary as received (so the

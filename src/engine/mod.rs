@@ -1641,7 +1641,8 @@ impl Engine {
             info_hash: m.info_hash,
             name: name.clone(),
             piece_length: 16384,
-            pieces: vec![0; 20],
+            // No dictionary yet: metadata requests are rejected until the fetch finishes.
+            info: crate::metainfo::InfoDict::bare_hashes(vec![0; 20]),
             files: vec![FileEntry {
                 path: vec![name.clone()],
                 length: 1,
@@ -1734,6 +1735,8 @@ impl Engine {
     fn finish_magnet(&mut self, i: usize, info: Vec<u8>, now: Instant) -> Result<(), String> {
         let trackers = self.torrents[i].t.meta.trackers.clone();
         let parsed = crate::metainfo::parse_info(&info, trackers).map_err(|e| e.to_string())?;
+        // The metainfo keeps its own copy, which it serves to peers in turn.
+        drop(info);
         for w in &parsed.warnings {
             warn!("torrent {}: {}", parsed.meta.name, w);
         }
@@ -1774,7 +1777,6 @@ impl Engine {
         let e = &mut self.torrents[i];
         t.candidates = std::mem::replace(&mut e.t.candidates, crate::peer::Candidates::new());
         t.candidates.reset_connections(now);
-        t.info = Some(info);
         if let Some(sel) = e.select() {
             t.select_files(sel);
         }
