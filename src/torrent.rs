@@ -1820,8 +1820,16 @@ impl Torrent {
         }
         if self.state == State::Downloading && !p.peer_choking && p.am_interested && !p.snubbed {
             let depth = self.queue_depth(p);
-            if p.outstanding.len() < depth {
-                let want = depth - p.outstanding.len();
+            let mut want = depth.saturating_sub(p.outstanding.len());
+            // Whole windows at a time when the queue is deep enough: a window's blocks then
+            // come from one peer, in order, and it completes soon after it opens. Handed out
+            // block by block, several fast peers would interleave in every window, and windows
+            // waiting on the slowest queue would need far more chunks than the pool has.
+            let batch = WINDOW_BLOCKS as usize;
+            if depth >= 2 * batch {
+                want -= want % batch;
+            }
+            if want > 0 {
                 if let Some(d) = self.dl.as_mut() {
                     d.pick_buf.clear();
                     d.already_buf.clear();
@@ -2447,8 +2455,20 @@ mod tests {
     /// by a remote end that has everything and unchoked us; every block is requested from
     /// the first, and (endgame) again from the second.
     fn direct_setup() -> (Vec<u8>, Torrent, Buffers, [(PeerConn, PeerConn); 2]) {
-        let data = test_data(4 * 16384);
-        let meta = meta_for(&data, 32768);
+        let (data, leech, bufs, links) = two_peer_leech(4 * 16384, 32768);
+        assert_eq!(links[0].1.outstanding.len(), 4);
+        assert_eq!(links[1].1.outstanding.len(), 4, "endgame: asked again");
+        (data, leech, bufs, links)
+    }
+
+    /// A leecher of `len` bytes with two established peers (remote end, our end), each
+    /// unchoked by a remote end that has everything, and its first requests queued.
+    fn two_peer_leech(
+        len: usize,
+        piece_length: u32,
+    ) -> (Vec<u8>, Torrent, Buffers, [(PeerConn, PeerConn); 2]) {
+        let data = test_data(len);
+        let meta = meta_for(&data, piece_length);
         let mut leech = peer_torrent(&meta, false, Box::new(MemStore::new(data.len())), 4, 2);
         let mut bufs = Buffers::new(4);
         let now = Instant::ZERO;
@@ -2467,9 +2487,57 @@ mod tests {
             deliver(&mut leech, remote, p, now, &mut bufs);
             leech.fill_tx(p, &mut bufs);
         }
-        assert_eq!(links[0].1.outstanding.len(), 4);
-        assert_eq!(links[1].1.outstanding.len(), 4, "endgame: asked again");
         (data, leech, bufs, links)
+    }
+
+    /// Which peer (0 or 1) asked for each window; panics when two peers share a window.
+    fn window_owners(
+        links: &[(PeerConn, PeerConn); 2],
+    ) -> std::collections::HashMap<(u32, u32), usize> {
+        let mut owner = std::collections::HashMap::new();
+        for (i, (_, p)) in links.iter().enumerate() {
+            for o in &p.outstanding {
+                let w = (o.block.piece, o.block.block / WINDOW_BLOCKS);
+                assert_eq!(
+                    *owner.entry(w).or_insert(i),
+                    i,
+                    "window {w:?} split between peers"
+                );
+            }
+        }
+        owner
+    }
+
+    #[test]
+    fn requests_go_out_in_whole_windows_one_peer_each() {
+        let (data, mut leech, mut bufs, mut links) = two_peer_leech(4 << 20, 1 << 20);
+        let now = Instant::ZERO;
+        let first = links[0].1.outstanding.len();
+        assert!(first >= 2 * WINDOW_BLOCKS as usize);
+        for (_, p) in &links {
+            assert_eq!(p.outstanding.len() % WINDOW_BLOCKS as usize, 0);
+        }
+        window_owners(&links);
+        // Blocks answered one by one: no new request until a whole window's worth is free.
+        let [(r1, p1), _] = &mut links;
+        let asked: Vec<BlockRef> = p1.outstanding.iter().map(|o| o.block).collect();
+        for (k, b) in asked.iter().take(WINDOW_BLOCKS as usize).enumerate() {
+            let off = (b.piece * (1 << 20) + b.block * BLOCK_LEN) as usize;
+            r1.push(&Message::Piece {
+                index: b.piece,
+                begin: b.block * BLOCK_LEN,
+                data: &data[off..off + BLOCK_LEN as usize],
+            });
+            deliver(&mut leech, r1, p1, now, &mut bufs);
+            leech.fill_tx(p1, &mut bufs);
+            let expect = if k + 1 < WINDOW_BLOCKS as usize {
+                first - k - 1
+            } else {
+                first
+            };
+            assert_eq!(p1.outstanding.len(), expect, "after {} blocks", k + 1);
+        }
+        window_owners(&links);
     }
 
     #[test]
