@@ -1211,10 +1211,12 @@ impl Config {
         let active = u64::from(self.max_active_downloads) + u64::from(self.max_active_seeds);
         let items: Vec<(&'static str, u64)> = vec![
             (
-                "peer buffers (max_connections x peer_buffer_size x 2)",
-                u64::from(self.max_connections)
-                    .saturating_mul(u64::from(self.peer_buffer_size))
-                    .saturating_mul(2),
+                "peer buffers (max_connections x (peer_buffer_size + send buffer))",
+                u64::from(self.max_connections).saturating_mul(
+                    u64::from(self.peer_buffer_size).saturating_add(crate::peer::tx_limit(
+                        self.peer_buffer_size as usize,
+                    ) as u64),
+                ),
             ),
             (
                 "block buffers (block_buffers x 16K)",
@@ -1769,7 +1771,11 @@ dht_max_nodes = 100
                 .find(|(n, _)| n.starts_with(prefix))
                 .map(|(_, v)| *v)
         };
-        assert_eq!(get("peer buffers"), Some(50 * 20 * 1024 * 2));
+        // A 20 KiB receive buffer, and a send buffer that may hold two blocks to upload.
+        assert_eq!(
+            get("peer buffers"),
+            Some(50 * (20 * 1024 + 2 * (16384 + 13)))
+        );
         assert_eq!(get("block buffers"), Some(64 * 16 * 1024));
         assert_eq!(get("known peers"), Some(8 * 500 * 32));
         assert_eq!(get("dht"), Some(400 * 64));

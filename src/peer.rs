@@ -26,6 +26,17 @@ use crate::wire::{BlockRequest, Message};
 
 /// Initial send buffer: requests, haves and other control messages; grown for uploads.
 pub const TX_INITIAL: usize = 2048;
+/// Blocks (with their headers) a send buffer may hold while uploading, whatever the buffer
+/// size: with room for one only, every block waits for the previous one's write and a fast
+/// downloader gets about 20% less from us (1 GiB to libtorrent on loopback: 2.8-3.3 s with
+/// one, 2.2-2.3 s with two).
+pub const TX_UPLOAD_BLOCKS: usize = 2;
+
+/// The most a connection's send buffer grows to with `peer_buffer_size` = `buf_size`.
+pub fn tx_limit(buf_size: usize) -> usize {
+    buf_size
+        .max(TX_UPLOAD_BLOCKS * (crate::wire::BLOCK_LEN as usize + crate::wire::PIECE_HEADER_LEN))
+}
 /// Most requests we keep outstanding at one peer. Beyond a few hundred the gain is nil even on
 /// loopback, and each entry costs 16 bytes.
 pub const MAX_OUTSTANDING: usize = 384;
@@ -389,17 +400,20 @@ impl PeerConn {
 
     /// Bytes that could be queued in `tx` now, counting what it may still grow by.
     pub fn tx_room(&mut self) -> usize {
-        self.tx_space() + self.buf_size.saturating_sub(self.tx.len())
+        self.tx_space() + self.tx_max().saturating_sub(self.tx.len())
+    }
+    pub fn tx_max(&self) -> usize {
+        tx_limit(self.buf_size)
     }
 
-    /// Makes room for `need` more bytes in `tx` by growing it, never past `buf_size`.
+    /// Makes room for `need` more bytes in `tx` by growing it, never past `tx_max()`.
     pub fn ensure_tx(&mut self, need: usize) {
-        if self.tx_space() >= need || self.tx.len() >= self.buf_size {
+        if self.tx_space() >= need || self.tx.len() >= self.tx_max() {
             return;
         }
         let want = (self.tx.len() * 2)
             .max(self.tx_len + need)
-            .min(self.buf_size);
+            .min(self.tx_max());
         if want > self.tx.len() {
             self.tx.resize(want, 0);
         }
@@ -698,13 +712,16 @@ mod tests {
     #[test]
     fn tx_buffer_compacts_and_refuses_overflow() {
         let mut p = PeerConn::with_buffers(64);
-        assert!(p.push_bytes(&[1; 40]));
+        // Even with a tiny peer_buffer_size, two blocks fit for uploading.
+        let max = tx_limit(64);
+        assert_eq!(max, 2 * (16384 + 13));
+        assert!(p.push_bytes(&vec![1; max - 10]));
         assert!(!p.push_bytes(&[2; 40]));
         p.tx_consumed(30);
         assert!(p.push_bytes(&[3; 40]));
-        assert_eq!(p.tx_pending().len(), 50);
+        assert_eq!(p.tx_pending().len(), max);
         assert_eq!(p.tx_pending()[0], 1);
-        assert_eq!(p.tx_pending()[49], 3);
+        assert_eq!(p.tx_pending()[max - 1], 3);
     }
 
     #[test]
@@ -718,7 +735,7 @@ mod tests {
         p.reset(a, true, Instant::from_secs(3));
         assert_eq!(p.rx.len(), 64 * 1024);
         assert_eq!(p.tx.len(), TX_INITIAL);
-        // An upload grows tx up to buf_size, never beyond.
+        // An upload grows tx up to buf_size (here above two blocks), never beyond.
         assert!(p.push_bytes(&[1; 20_000]));
         assert!(p.tx.len() >= 20_000 && p.tx.len() <= 64 * 1024);
         assert!(!p.push_bytes(&[2; 60_000]));
