@@ -340,6 +340,8 @@ pub struct Engine {
     spare: Vec<PeerConn>,
     /// Peers with unread input left after their budget ran out.
     again: Vec<Handle>,
+    /// The peer handles `after_io` walks each turn, kept so the loop allocates nothing.
+    turn_handles: Vec<Handle>,
     trackers: Slots<TrackerConn>,
     resolvers: Vec<SocketAddr>,
     dns_next_id: u16,
@@ -427,6 +429,7 @@ impl Engine {
             streams: (0..n).map(|_| None).collect(),
             spare,
             again: Vec::new(),
+            turn_handles: Vec::new(),
             trackers: Slots::with_capacity(MAX_TRACKER_CONNS),
             resolvers: Vec::new(),
             dns_next_id: (rng.next_u32() & 0xffff) as u16,
@@ -1373,14 +1376,17 @@ impl Engine {
                 .map(|(_, p)| p);
             self.torrents[ti].t.broadcast(peers);
         }
-        let handles: Vec<Handle> = self.peers.iter().map(|(h, _)| h).collect();
-        for h in handles {
+        let mut handles = std::mem::take(&mut self.turn_handles);
+        handles.clear();
+        handles.extend(self.peers.iter().map(|(h, _)| h));
+        for &h in &handles {
             self.pump_peer(h, now);
             let dead = self.peers.get(h).is_some_and(|p| p.close.is_some());
             if dead {
                 self.close_peer(h, now);
             }
         }
+        self.turn_handles = handles;
         self.handle_torrent_events(now);
         if self.connect_soon && self.shutdown.is_none() {
             self.connect_soon = false;
