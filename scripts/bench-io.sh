@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench-io.sh: page cache and bytes written by `atorrent download` (release build) of a 1 GiB
-# torrent, once with --direct-io on and once with --direct-io off (issue 6, part 5: with
+# torrent with --direct-io auto (the default), on and off (BENCH_IO_MODES) (issue 6, part 5: with
 # O_DIRECT at most 5% of the file may stay cached; write_bytes at most 1.01x the payload).
 #
 #   BENCH_IO_MB     torrent size, MiB (default 1024)
@@ -43,7 +43,7 @@ swarm_start "$work" "$PEERS"
 payload=$(stat -c %s "$work/data/payload.bin")
 
 printf '%-10s %12s %9s %14s %9s %8s %8s\n' direct_io cached_bytes cached% write_bytes write/payload "RSS kB" "time s"
-for mode in on off; do
+for mode in ${BENCH_IO_MODES:-auto on off}; do
   d=$work/dl-$mode
   mkdir -p "$d/dl" "$d/state"
   cat >"$d/dl.ini" <<EOF

@@ -788,6 +788,34 @@ pub fn fadvise_dontneed(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// Starts writing back the dirty pages of `offset..offset+len` without waiting
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that a later `fadvise_dontneed` finds them
+/// clean and can drop them. Best effort.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    if let (Ok(off), Ok(len)) = (offset.try_into(), len.try_into()) {
+        // SAFETY: an advisory call on a descriptor we own; it has no memory effects.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+}
+
+/// Writes back the dirty pages of `offset..offset+len` and waits for that, and for any
+/// writeback of the range already running. Best effort.
+pub fn finish_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    if let (Ok(off), Ok(len)) = (offset.try_into(), len.try_into()) {
+        // SAFETY: as in `start_writeback`.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), off, len, flags);
+        }
+    }
+}
+
 /// Whether `file` holds data (not a hole) anywhere in `offset..offset+len`, by
 /// `lseek(SEEK_DATA)`. File systems without hole tracking report everything as data; errors
 /// other than "no data past here" (ENXIO) answer true, so callers hash rather than skip.
@@ -803,6 +831,40 @@ pub fn has_data(file: &File, offset: u64, len: u64) -> bool {
         return io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO);
     }
     (r as u64) < offset.saturating_add(len)
+}
+
+/// Pages of `file`'s first `len` bytes now in the page cache (`mincore` over a shared
+/// read-only mapping), for tests of what the storage leaves cached.
+#[cfg(test)]
+pub fn cached_pages(file: &File, len: usize) -> io::Result<usize> {
+    use std::os::unix::io::AsRawFd;
+    if len == 0 {
+        return Ok(0);
+    }
+    // SAFETY: a fresh read-only mapping of a file we hold open, unmapped below; mincore
+    // writes one byte per page into a vector of exactly that many bytes.
+    unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        );
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let page = libc::sysconf(libc::_SC_PAGESIZE).max(1) as usize;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        let r = libc::mincore(addr, len, vec.as_mut_ptr() as *mut _);
+        let err = io::Error::last_os_error();
+        libc::munmap(addr, len);
+        if r != 0 {
+            return Err(err);
+        }
+        Ok(vec.iter().filter(|&&b| b & 1 != 0).count())
+    }
 }
 
 #[cfg(test)]

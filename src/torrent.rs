@@ -1546,13 +1546,14 @@ impl Torrent {
                 return Err("internal error: a directly received block lost its buffer".into());
             }
             (None, Payload::Bytes(data)) => {
-                // No chunk free: write the block now, from the aligned scratch buffer so the
-                // store can still use O_DIRECT (the rx buffer is not aligned).
+                // No chunk free: write the block now (a spill), from the aligned scratch
+                // buffer so the store can use O_DIRECT if it is told to (the rx buffer is not
+                // aligned).
                 let n = data.len();
                 bufs.scratch[..n].copy_from_slice(data);
                 bufs.pool.wait_overlap(self.io_owner, offset, n as u64);
                 self.store
-                    .write(offset, &bufs.scratch[..n])
+                    .write_spill(offset, &bufs.scratch[..n])
                     .map_err(|e| e.to_string())?
             }
         }
@@ -1626,7 +1627,7 @@ impl Torrent {
                     while done < wlen {
                         let n = (wlen - done).min(bufs.scratch.len());
                         self.store
-                            .read(woff + done as u64, &mut bufs.scratch[..n])
+                            .read_spilled(woff + done as u64, &mut bufs.scratch[..n])
                             .map_err(|e| e.to_string())?;
                         work(&mut self.work).partials[pi]
                             .sha
