@@ -606,6 +606,12 @@ impl Storage {
             } else {
                 let data = &mem.chunk(c)[range];
                 self.write_span(i, file_off, data)?;
+                // A span that could not go direct (in a multi-file torrent, a file starting
+                // at an unaligned offset of the window) is not kept in the page cache either,
+                // unless the user turned direct I/O off.
+                if self.mode != DirectIo::Off {
+                    self.uncache(i, file_off, data.len() as u64);
+                }
             }
         }
         Ok(())
@@ -643,22 +649,26 @@ impl Storage {
             if self.files[i].pad {
                 continue;
             }
-            let len = range.len() as u64;
-            if let Ok(f) = self.fd(i, Access::Read, None) {
-                // Spilled blocks went through the page cache and may still be dirty, which
-                // the drop skips: start their writeback and drop them again later.
-                crate::sys::start_writeback(f, file_off, len);
-                crate::sys::fadvise_dontneed(f, file_off, len);
-            }
-            let ring = &mut self.writing.get_or_insert_with(Box::default).dropped;
-            ring.push_back((i, file_off, len));
-            if ring.len() > DROP_AGAIN_AFTER {
-                if let Some((j, off, n)) = ring.pop_front() {
-                    if let Ok(f) = self.fd(j, Access::Read, None) {
-                        // Written back long ago as a rule, so the wait is normally nil.
-                        crate::sys::finish_writeback(f, off, n);
-                        crate::sys::fadvise_dontneed(f, off, n);
-                    }
+            self.uncache(i, file_off, range.len() as u64);
+        }
+    }
+
+    /// Drops a range of file `i` written through the page cache from it: the pages may still
+    /// be dirty, which the drop skips, so their writeback is started now and the range is
+    /// dropped again (after waiting for that writeback) `DROP_AGAIN_AFTER` ranges later.
+    fn uncache(&mut self, i: usize, file_off: u64, len: u64) {
+        if let Ok(f) = self.fd(i, Access::Read, None) {
+            crate::sys::start_writeback(f, file_off, len);
+            crate::sys::fadvise_dontneed(f, file_off, len);
+        }
+        let ring = &mut self.writing.get_or_insert_with(Box::default).dropped;
+        ring.push_back((i, file_off, len));
+        if ring.len() > DROP_AGAIN_AFTER {
+            if let Some((j, off, n)) = ring.pop_front() {
+                if let Ok(f) = self.fd(j, Access::Read, None) {
+                    // Written back long ago as a rule, so the wait is normally nil.
+                    crate::sys::finish_writeback(f, off, n);
+                    crate::sys::fadvise_dontneed(f, off, n);
                 }
             }
         }
@@ -989,7 +999,10 @@ impl Storage {
     pub fn sync_all(&mut self) -> Result<(), StorageError> {
         let r = self.sync_files();
         // Everything is written back now: the spilled ranges still cached can go.
-        let dropped = self.writing.as_mut().map(|w| std::mem::take(&mut w.dropped));
+        let dropped = self
+            .writing
+            .as_mut()
+            .map(|w| std::mem::take(&mut w.dropped));
         for (i, off, n) in dropped.unwrap_or_default() {
             if let Ok(f) = self.fd(i, Access::Read, None) {
                 crate::sys::fadvise_dontneed(f, off, n);
@@ -1462,6 +1475,43 @@ mod tests {
         drop(file);
         st.close_all();
         assert_files_match(&dir.0, &meta, &data);
+    }
+
+    #[test]
+    fn unaligned_file_spans_of_windows_leave_no_page_cache() {
+        // Two files of 3 MiB + 12345 and 2 MiB: every window after the boundary holds the
+        // second file at an unaligned position, so its spans are written buffered.
+        let window = 256 * 1024;
+        let first = 3 * 1024 * 1024 + 12345;
+        let (meta, data) = torrent(
+            &[("a", first as u64, false), ("b", 2 * 1024 * 1024, false)],
+            window as u32,
+        );
+        for mode in [DirectIo::Auto, DirectIo::Off] {
+            let dir = TempDir::new("span-cache");
+            let mut st = Storage::open(&dir.0, &meta, mode, 4).unwrap();
+            let mut mem = DirectChunks::new(1, window, false);
+            for off in (0..data.len()).step_by(window) {
+                let len = window.min(data.len() - off);
+                mem.chunk_mut(0)[..len].copy_from_slice(&data[off..off + len]);
+                st.write_chunk(off as u64, &mut mem, 0, len).unwrap();
+            }
+            st.sync_all().unwrap();
+            let file = File::open(path_of(&dir.0, "b")).unwrap();
+            let cached = crate::sys::cached_pages(&file, 2 * 1024 * 1024).unwrap();
+            let pages = 2 * 1024 * 1024 / 4096;
+            if mode == DirectIo::Off {
+                assert_eq!(cached, pages, "direct_io = off keeps the page cache");
+            } else if st.stats().direct_writes > 0 {
+                assert!(
+                    cached * 20 <= pages,
+                    "{cached} of {pages} pages still cached"
+                );
+            }
+            drop(file);
+            st.close_all();
+            assert_files_match(&dir.0, &meta, &data);
+        }
     }
 
     #[test]
