@@ -2541,6 +2541,30 @@ mod tests {
         window_owners(&links);
     }
 
+    /// Sends the missing blocks (piece, block) of `direct_setup`'s torrent from `remote` to
+    /// `p`; the leecher must then be complete with every byte right.
+    fn complete_with(
+        leech: &mut Torrent,
+        remote: &mut PeerConn,
+        p: &mut PeerConn,
+        bufs: &mut Buffers,
+        data: &[u8],
+        blocks: &[(u32, u32)],
+    ) {
+        for &(i, b) in blocks {
+            let off = (i * 32768 + b * 16384) as usize;
+            remote.push(&Message::Piece {
+                index: i,
+                begin: b * 16384,
+                data: &data[off..off + 16384],
+            });
+            deliver(leech, remote, p, Instant::ZERO, bufs);
+        }
+        assert!(leech.is_complete());
+        assert_eq!(leech.hash_fails, 0);
+        assert_same(leech, data);
+    }
+
     #[test]
     fn direct_block_delivered_first_by_another_peer_drops_the_rest() {
         let (data, mut leech, mut bufs, mut links) = direct_setup();
@@ -2571,18 +2595,14 @@ mod tests {
             .any(|o| o.block.piece == 0 && o.block.block == 0));
         assert!(leech.wasted >= 16384);
         // Peer 2 sends the rest; every piece verifies.
-        for (i, b) in [(0u32, 1u32), (1, 0), (1, 1)] {
-            let off = (i * 32768 + b * 16384) as usize;
-            r2.push(&Message::Piece {
-                index: i,
-                begin: b * 16384,
-                data: &data[off..off + 16384],
-            });
-            deliver(&mut leech, r2, p2, now, &mut bufs);
-        }
-        assert!(leech.is_complete());
-        assert_eq!(leech.hash_fails, 0);
-        assert_same(&mut leech, &data);
+        complete_with(
+            &mut leech,
+            r2,
+            p2,
+            &mut bufs,
+            &data,
+            &[(0, 1), (1, 0), (1, 1)],
+        );
     }
 
     #[test]
@@ -2604,18 +2624,14 @@ mod tests {
         assert!(p2.direct.is_some(), "claim released by the closed peer");
         r2.push_bytes(&data[off + 3000..off + 16384]);
         deliver(&mut leech, r2, p2, now, &mut bufs);
-        for (i, b) in [(0u32, 0u32), (0, 1), (1, 0)] {
-            let off = (i * 32768 + b * 16384) as usize;
-            r2.push(&Message::Piece {
-                index: i,
-                begin: b * 16384,
-                data: &data[off..off + 16384],
-            });
-            deliver(&mut leech, r2, p2, now, &mut bufs);
-        }
-        assert!(leech.is_complete());
-        assert_eq!(leech.hash_fails, 0);
-        assert_same(&mut leech, &data);
+        complete_with(
+            &mut leech,
+            r2,
+            p2,
+            &mut bufs,
+            &data,
+            &[(0, 0), (0, 1), (1, 0)],
+        );
     }
 
     #[test]
